@@ -1,0 +1,106 @@
+"""Every Redis key and channel name used by Crawlsite's crawler side.
+
+All keys of one crawl share the hash tag ``{CODE}`` so a Redis Cluster keeps them in one slot
+(Lua scripts touch several of them at once). A key spelled anywhere else is a bug.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "cs"
+CODE_RE = re.compile(r"^[a-z0-9]{1,32}$")
+WORKER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def validate_code(code: str) -> str:
+    """Return ``code`` if it is a valid crawl code (1..32 chars of ``[a-z0-9]``), else raise ValueError."""
+    if not isinstance(code, str) or not CODE_RE.match(code):
+        raise ValueError(f"invalid crawl code {code!r}: expected 1-32 characters of [a-z0-9]")
+    return code
+
+
+def validate_worker(worker: str) -> str:
+    if not isinstance(worker, str) or not WORKER_RE.match(worker):
+        raise ValueError(f"invalid worker id {worker!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
+    return worker
+
+
+def _key(code: str, *parts: str) -> str:
+    return ":".join((PREFIX, "{" + validate_code(code) + "}") + parts)
+
+
+def crawl_pattern(code: str) -> str:
+    """A SCAN/KEYS pattern matching every key of one crawl (used to delete a cancelled crawl)."""
+    return _key(code) + ":*"
+
+
+def definition(code: str) -> str:
+    return _key(code, "definition")
+
+
+def control(code: str) -> str:
+    """STRING: run|pause|stop|finish."""
+    return _key(code, "control")
+
+
+def control_channel(code: str) -> str:
+    """Pub/sub channel on which every change of ``control`` is published."""
+    return _key(code, "control")
+
+
+def queue(code: str) -> str:
+    return _key(code, "queue")
+
+
+def seen(code: str) -> str:
+    """Prefix of the dedupe bucket keys; see :func:`seen_bucket`."""
+    return _key(code, "seen")
+
+
+def seen_bucket(code: str, bucket: int) -> str:
+    return _key(code, "seen", str(bucket))
+
+
+def leases(code: str, worker: str) -> str:
+    return _key(code, "leases", validate_worker(worker))
+
+
+def leases_pattern(code: str) -> str:
+    return _key(code, "leases") + ":*"
+
+
+def heartbeat(code: str, worker: str) -> str:
+    return _key(code, "hb", validate_worker(worker))
+
+
+def workers(code: str) -> str:
+    return _key(code, "workers")
+
+
+def stats(code: str) -> str:
+    return _key(code, "stats")
+
+
+def items(code: str) -> str:
+    return _key(code, "items")
+
+
+def log(code: str) -> str:
+    return _key(code, "log")
+
+
+def group(code: str) -> str:
+    """Channel-layer group name of one crawl (letters, digits, ``-``, ``_``, ``.`` only)."""
+    return "crawl." + validate_code(code)
+
+
+OVERVIEW_GROUP = "crawls"
+
+
+# Process-wide keys (not tied to one crawl).
+
+
+def conductor_lock() -> str:
+    """STRING with a TTL held by the active conductor; its presence means a conductor is alive."""
+    return f"{PREFIX}:conductor:lock"

@@ -1,0 +1,3 @@
+"""Websocket routes. Every consumer checks the user (and ownership) in ``connect``."""
+
+websocket_urlpatterns = []

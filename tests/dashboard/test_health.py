@@ -1,0 +1,97 @@
+import threading
+
+import pytest
+from django.core.management import call_command
+
+from crawler import keys
+from dashboard.conductor import Conductor
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz_is_public_json_and_reports_each_component(client, redis_client):
+    redis_client.delete(keys.conductor_lock())
+    response = client.get("/healthz")
+    assert response["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["database"]["ok"] is True
+    assert body["redis"]["ok"] is True and body["redis"]["version"]
+    assert body["workers"] == {"ok": False, "count": 0}
+    assert body["conductor"]["ok"] is False
+    assert body["ok"] is False and response.status_code == 503
+
+
+def test_healthz_reports_a_live_conductor(client, redis_client):
+    conductor = Conductor(tick=0.05, lock_ttl=2)
+    assert conductor.hold_lock()
+    try:
+        assert client.get("/healthz").json()["conductor"]["ok"] is True
+    finally:
+        conductor.release()
+    assert client.get("/healthz").json()["conductor"]["ok"] is False
+
+
+def test_healthz_reports_redis_down_without_details(client, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    body = client.get("/healthz").json()
+    assert body["redis"] == {"ok": False}
+    assert body["workers"]["ok"] is False and body["conductor"]["ok"] is False
+
+
+def test_only_one_conductor_is_active_and_a_standby_takes_over(redis_client):
+    redis_client.delete(keys.conductor_lock())
+    first = Conductor(tick=0.05, lock_ttl=1)
+    second = Conductor(tick=0.05, lock_ttl=1)
+    assert first.hold_lock() is True
+    assert second.hold_lock() is False
+    assert first.hold_lock() is True  # renewal keeps it
+    first.release()
+    assert second.hold_lock() is True
+    second.release()
+
+
+def test_standby_takes_over_when_the_active_conductor_dies(redis_client):
+    redis_client.delete(keys.conductor_lock())
+    dead = Conductor(tick=0.05, lock_ttl=1)
+    assert dead.hold_lock()
+    standby = Conductor(tick=0.05, lock_ttl=1)
+    assert standby.hold_lock() is False
+    redis_client.pexpire(keys.conductor_lock(), 50)  # the dead one never renews
+    stop = threading.Event()
+    thread = threading.Thread(target=standby.run, args=(stop.is_set,))
+    thread.start()
+    try:
+        for _ in range(100):
+            if standby.active:
+                break
+            stop.wait(0.02)
+        assert standby.active
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not redis_client.exists(keys.conductor_lock())  # released on the way out
+
+
+def test_conductor_command_runs_its_loop_and_releases_the_lock(redis_client):
+    redis_client.delete(keys.conductor_lock())
+    call_command("conductor", max_ticks=3)
+    assert not redis_client.exists(keys.conductor_lock())
+
+
+def test_ensureadmin_creates_once_and_prints_the_password(capsys, django_user_model):
+    call_command("ensureadmin")
+    out = capsys.readouterr().out
+    assert "username: admin  password: " in out
+    password = out.split("password: ")[1].split()[0]
+    user = django_user_model.objects.get(username="admin")
+    assert user.is_superuser and user.check_password(password)
+    call_command("ensureadmin")
+    assert "Admin account exists" in capsys.readouterr().out
+    assert django_user_model.objects.filter(is_superuser=True).count() == 1
+
+
+def test_ensureadmin_uses_admin_password_from_environment(monkeypatch, capsys, django_user_model):
+    monkeypatch.setenv("ADMIN_PASSWORD", "from-the-env-42")
+    call_command("ensureadmin")
+    assert "from-the-env-42" not in capsys.readouterr().out
+    assert django_user_model.objects.get(username="admin").check_password("from-the-env-42")
