@@ -1,10 +1,21 @@
 from django.contrib.auth.decorators import login_not_required
 from django.http import JsonResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from dashboard.health import health
+from dashboard.models import Crawl, Project
+
+
+def _get_project_for_user(request, pk):
+    """The user's own project, or 404 (another owner's project does not exist for them)."""
+    return get_object_or_404(Project.objects.for_user(request.user), pk=pk)
+
+
+def _get_crawl_for_user(request, code):
+    """The user's own crawl by its public code, or 404."""
+    return get_object_or_404(Crawl.objects.for_user(request.user).select_related("project"), code=code)
 
 
 @require_GET
