@@ -172,6 +172,13 @@ RQ_SHOW_ADMIN_LINK = False
 # The conductor's loop (seconds).
 CONDUCTOR_TICK = env_float("CONDUCTOR_TICK", 0.25, minimum=0.05, maximum=10)
 CONDUCTOR_LOCK_TTL = env_float("CONDUCTOR_LOCK_TTL", 5.0, minimum=1, maximum=300)
+# A crawl with an empty queue and nothing in flight for this long is finished (seconds).
+CRAWL_IDLE_GRACE = env_float("CRAWL_IDLE_GRACE", 1.5, minimum=0.1, maximum=600)
+# RQ job timeout of a crawl worker without a duration limit, and the margin added to one.
+CRAWL_JOB_TIMEOUT = env_int("CRAWL_JOB_TIMEOUT", 7 * 86400, minimum=60)
+CRAWL_JOB_MARGIN = 600
+# Items moved from Redis to the database per crawl per conductor tick, at most.
+CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
 
 LOGGING = {
     "version": 1,

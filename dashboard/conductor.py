@@ -4,16 +4,23 @@ Only one conductor is active at a time: it holds a Redis lock with a TTL and ren
 tick. A second conductor waits as a standby and takes over when the lock lapses.
 """
 
+import json
 import logging
 import os
 import socket
 import time
 
 from django.conf import settings
+from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 
-from crawler import keys
+from crawler import keys, leases, state
+from dashboard import engine
+from dashboard.models import Crawl, Item
 from dashboard.redis import get_redis
+
+# Worker states after which a worker does no more work.
+DONE_STATES = ("finished", "failed", "dead")
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,7 @@ class Conductor:
         )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.active = False
+        self.idle_since = {}  # crawl code -> monotonic time its work ran out
 
     def hold_lock(self):
         """Acquire or renew the lock; return whether this process is the active conductor."""
@@ -53,7 +61,126 @@ class Conductor:
             self.active = False
 
     def tick(self):
-        """One pass over every active crawl. The crawl engine fills this in."""
+        """One pass over every active crawl."""
+        for crawl in Crawl.objects.active().select_related("project"):
+            try:
+                self.watch(crawl)
+            except RedisError:
+                raise
+            except Exception:
+                log.exception("conductor: crawl %s", crawl.code)
+        active = set(Crawl.objects.active().values_list("code", flat=True))
+        for code in list(self.idle_since):
+            if code not in active:
+                del self.idle_since[code]
+
+    def watch(self, crawl):
+        if crawl.status == Crawl.PENDING:
+            return  # its launch is under way (after commit)
+        self.drain_items(crawl)
+        leases.reap(self.redis, crawl.code)
+        counters = state.read_counters(self.redis, crawl.code)
+        if crawl.status == Crawl.RUNNING:
+            self.check_running(crawl, counters)
+        elif crawl.status == Crawl.FINISHING:
+            self.check_finishing(crawl, counters)
+        return counters
+
+    def drain_items(self, crawl):
+        """Move items from the crawl's stream to the database: insert idempotently, then ack."""
+        stream = keys.items(crawl.code)
+        batch = settings.CONDUCTOR_ITEM_BATCH
+        try:
+            # Entries read before but never acked (a conductor died mid-way) come first.
+            entries = self.redis.xreadgroup(engine.ITEMS_GROUP, "conductor", {stream: "0"}, count=batch)
+            if not entries or not entries[0][1]:
+                entries = self.redis.xreadgroup(engine.ITEMS_GROUP, "conductor", {stream: ">"}, count=batch)
+        except RedisError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            engine.ensure_items_group(self.redis, crawl.code)
+            return 0
+        if not entries or not entries[0][1]:
+            return 0
+        messages = entries[0][1]
+        now = timezone.now()
+        items = []
+        for _id, fields in messages:
+            if not fields:
+                continue  # deleted entry
+            try:
+                data = json.loads(fields.get("data", "{}"))
+            except ValueError:
+                data = {"_raw": fields.get("data", "")}
+            items.append(Item(
+                crawl=crawl, key=fields.get("key", _id)[:100], url=fields.get("url", ""),
+                data=data, worker=fields.get("worker", "")[:64], created_at=now,
+            ))
+        Item.objects.bulk_create(items, ignore_conflicts=True, batch_size=500)
+        ids = [message_id for message_id, _fields in messages]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(stream, engine.ITEMS_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        pipe.execute()
+        return len(items)
+
+    def check_running(self, crawl, counters):
+        """Finish the crawl when a limit is hit or its work has run out for the grace period."""
+        limits = crawl.limits()
+        reason = ""
+        if limits.get("max_duration") and crawl.duration and crawl.duration.total_seconds() >= limits["max_duration"]:
+            reason = f"duration limit of {limits['max_duration']} s reached"
+        elif limits.get("max_items") and counters["items"] >= limits["max_items"]:
+            reason = f"item limit of {limits['max_items']} reached"
+        if reason:
+            self.begin_finishing(crawl, reason)
+            return
+        workers = counters["workers"]
+        page_limit_hit = bool(limits.get("max_pages")) and counters["stats"].get("popped", 0) >= limits["max_pages"]
+        out_of_work = (counters["queued"] == 0 or page_limit_hit) and counters["in_flight"] == 0
+        starting = any(w.get("state") == "starting" for w in workers.values())
+        if not out_of_work or starting or not workers:
+            self.idle_since.pop(crawl.code, None)
+            if workers and all(w.get("state") in DONE_STATES for w in workers.values()) and len(workers) >= crawl.launched_workers:
+                self.fail_without_workers(crawl, workers)
+            return
+        since = self.idle_since.setdefault(crawl.code, time.monotonic())
+        if time.monotonic() - since >= settings.CRAWL_IDLE_GRACE:
+            if page_limit_hit:
+                self.begin_finishing(crawl, f"page limit of {limits['max_pages']} reached")
+            else:
+                self.begin_finishing(crawl, "")
+
+    def begin_finishing(self, crawl, reason):
+        log.info("crawl %s finishing%s", crawl.code, f": {reason}" if reason else "")
+        state.set_control(self.redis, crawl.code, "finish")
+        engine.cancel_waiting_jobs(crawl)
+        crawl.transition(Crawl.FINISHING, reason=reason)
+        self.idle_since.pop(crawl.code, None)
+
+    def check_finishing(self, crawl, counters):
+        """Finished once no worker is left working and every item is in the database."""
+        workers = counters["workers"]
+        statuses = engine.job_statuses(crawl)
+        working = [
+            w for w, s in workers.items() if s.get("state") not in DONE_STATES
+        ] + [w for w, s in statuses.items() if s == "started" and w not in workers]
+        if working:
+            return
+        while self.drain_items(crawl):
+            pass
+        crawl.finish(Crawl.FINISHED, stats=final_stats(crawl, counters))
+
+    def fail_without_workers(self, crawl, workers):
+        messages = sorted({w.get("message") or w.get("state") for w in workers.values()} - {None})
+        while self.drain_items(crawl):
+            pass
+        counters = state.read_counters(self.redis, crawl.code)
+        crawl.finish(
+            Crawl.FAILED,
+            stats=final_stats(crawl, counters),
+            reason="Every worker stopped before the crawl was done: " + "; ".join(messages),
+        )
 
     def run(self, should_stop, max_ticks=None):
         ticks = 0
@@ -74,6 +201,14 @@ class Conductor:
                 _sleep_until(should_stop, max(0.0, self.tick_seconds - elapsed))
         finally:
             self.release()
+
+
+def final_stats(crawl, counters):
+    stats = {name: counters[name] for name in ("queued", "seen", "pages", "items", "errors", "in_flight")}
+    stats["status"] = counters["status"]
+    stats["items_stored"] = crawl.items.count()
+    stats["workers"] = len(counters["workers"])
+    return stats
 
 
 def _sleep_until(should_stop, seconds):

@@ -1,0 +1,410 @@
+"""The one validator of a crawl definition (used by the dashboard's form, admin and API).
+
+    validate(data) -> normalized definition (a new dict), or raises DefinitionError(errors)
+
+``errors`` maps a dotted field path (``start_urls.2``, ``item.fields.1.selector``,
+``settings.FOO``) to a list of messages a user can read. Missing optional sections get defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["ALLOWED_SETTINGS", "DefinitionError", "default_definition", "validate", "MAX_START_URLS"]
+
+MAX_NAME = 200
+MAX_START_URLS = 1000
+MAX_FIELDS = 100
+MAX_WORKERS = 64
+MAX_REGEXES = 100
+LIMIT_MAXIMA = {
+    "max_depth": 1000,
+    "max_pages": 1_000_000_000,
+    "max_items": 1_000_000_000,
+    "max_duration": 30 * 24 * 3600,  # seconds
+}
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+# name -> {type, min, max, default, help}; the only Scrapy settings a definition may set.
+ALLOWED_SETTINGS: dict[str, dict[str, Any]] = {
+    "CONCURRENT_REQUESTS": {"type": int, "min": 1, "max": 256, "default": 16,
+                            "help": "Maximum concurrent requests per worker."},
+    "CONCURRENT_REQUESTS_PER_DOMAIN": {"type": int, "min": 1, "max": 256, "default": 8,
+                                       "help": "Maximum concurrent requests to one domain per worker."},
+    "DOWNLOAD_DELAY": {"type": float, "min": 0.0, "max": 60.0, "default": 0.0,
+                       "help": "Seconds between requests to the same domain (per worker)."},
+    "RANDOMIZE_DOWNLOAD_DELAY": {"type": bool, "default": True,
+                                 "help": "Wait 0.5x to 1.5x DOWNLOAD_DELAY."},
+    "AUTOTHROTTLE_ENABLED": {"type": bool, "default": False, "help": "Adapt the delay to the server's latency."},
+    "AUTOTHROTTLE_START_DELAY": {"type": float, "min": 0.0, "max": 60.0, "default": 5.0,
+                                 "help": "Initial AutoThrottle delay (seconds)."},
+    "AUTOTHROTTLE_MAX_DELAY": {"type": float, "min": 0.0, "max": 600.0, "default": 60.0,
+                               "help": "Maximum AutoThrottle delay (seconds)."},
+    "AUTOTHROTTLE_TARGET_CONCURRENCY": {"type": float, "min": 0.1, "max": 256.0, "default": 1.0,
+                                        "help": "Average parallel requests AutoThrottle aims at."},
+    "ROBOTSTXT_OBEY": {"type": bool, "default": True, "help": "Respect robots.txt."},
+    "USER_AGENT": {"type": str, "max_length": 500, "default": "", "help": "User-Agent header (empty: Scrapy's)."},
+    "RETRY_ENABLED": {"type": bool, "default": True, "help": "Retry failed requests."},
+    "RETRY_TIMES": {"type": int, "min": 0, "max": 20, "default": 2, "help": "Retries per request."},
+    "DOWNLOAD_TIMEOUT": {"type": float, "min": 1.0, "max": 3600.0, "default": 180.0,
+                         "help": "Seconds before a download times out."},
+    "DOWNLOAD_MAXSIZE": {"type": int, "min": 0, "max": 1024 ** 3, "default": 1024 ** 3,
+                         "help": "Largest response body in bytes (0: no limit)."},
+    "REDIRECT_ENABLED": {"type": bool, "default": True, "help": "Follow HTTP redirects."},
+    "COOKIES_ENABLED": {"type": bool, "default": True, "help": "Keep cookies between requests."},
+}
+
+TOP_LEVEL = ("name", "start_urls", "allowed_domains", "follow", "limits", "item", "spider", "settings", "workers")
+
+
+class DefinitionError(ValueError):
+    """An invalid crawl definition; ``errors`` maps dotted field paths to messages."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(errors.items())))
+
+
+def default_definition() -> dict[str, Any]:
+    """A definition with every section at its default (start URLs and fields still to fill)."""
+    return {
+        "name": "",
+        "start_urls": [],
+        "allowed_domains": [],
+        "follow": {"allow": [], "deny": []},
+        "limits": {"max_depth": 0, "max_pages": 0, "max_items": 0, "max_duration": 0},
+        "item": {"url_pattern": "", "selector": "", "fields": []},
+        "spider": "",
+        "settings": {},
+        "workers": 1,
+    }
+
+
+class _Errors(dict):
+    def add(self, path: str, message: str) -> None:
+        self.setdefault(path, []).append(message)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_regex(value: Any, path: str, errors: _Errors) -> str | None:
+    if not isinstance(value, str):
+        errors.add(path, "Must be a string (a regular expression).")
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        errors.add(path, f"Invalid regular expression: {exc}.")
+        return None
+    return value
+
+
+def is_xpath(selector: str) -> bool:
+    return selector.startswith(("/", "("))
+
+
+def _check_selector(value: Any, path: str, errors: _Errors, *, allow_pseudo: bool = True) -> str | None:
+    """Compile a CSS (``::text``/``::attr(x)`` allowed) or XPath (starts with ``/`` or ``(``) selector."""
+    from parsel import Selector  # imported lazily: parsel pulls in lxml
+
+    if not isinstance(value, str):
+        errors.add(path, "Must be a string (a CSS or XPath selector).")
+        return None
+    value = value.strip()
+    if not value:
+        errors.add(path, "This field is required.")
+        return None
+    probe = Selector(text="<html><body></body></html>")
+    try:
+        if is_xpath(value):
+            probe.xpath(value)
+        else:
+            if not allow_pseudo and "::" in value:
+                raise ValueError("pseudo-elements (::text, ::attr) are not allowed here")
+            probe.css(value)
+    except Exception as exc:  # cssselect.SelectorError, lxml XPathError, ValueError...
+        kind = "XPath" if is_xpath(value) else "CSS"
+        errors.add(path, f"Invalid {kind} selector: {exc}.")
+        return None
+    return value
+
+
+def _check_url(value: Any, path: str, errors: _Errors) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        errors.add(path, "Must be an absolute http(s) URL.")
+        return None
+    value = value.strip()
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        errors.add(path, f"Invalid URL: {exc}.")
+        return None
+    if parts.scheme.lower() not in ("http", "https"):
+        errors.add(path, "Must be an absolute http(s) URL (e.g. https://example.com/).")
+        return None
+    if not parts.hostname:
+        errors.add(path, "The URL has no host.")
+        return None
+    if any(c.isspace() for c in value):
+        errors.add(path, "A URL cannot contain spaces.")
+        return None
+    return value
+
+
+def host_allowed(host: str, domains: list[str]) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
+def _check_spider(value: str, path: str, errors: _Errors) -> str:
+    import scrapy
+    from scrapy.utils.misc import load_object
+
+    if not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$", value):
+        errors.add(path, "Must be a dotted path such as 'myproject.spiders.ShopSpider'.")
+        return value
+    try:
+        obj = load_object(value)
+    except Exception as exc:  # ImportError, NameError, SyntaxError in the module...
+        errors.add(path, f"Cannot import {value!r}: {type(exc).__name__}: {exc}")
+        return value
+    if not (isinstance(obj, type) and issubclass(obj, scrapy.Spider)):
+        errors.add(path, f"{value!r} is not a scrapy.Spider subclass.")
+    return value
+
+
+def _check_setting(name: str, value: Any, path: str, errors: _Errors) -> Any:
+    spec = ALLOWED_SETTINGS[name]
+    kind = spec["type"]
+    if kind is bool:
+        if not isinstance(value, bool):
+            errors.add(path, "Must be true or false.")
+            return None
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            errors.add(path, "Must be a string.")
+            return None
+        if len(value) > spec["max_length"]:
+            errors.add(path, f"At most {spec['max_length']} characters.")
+            return None
+        return value
+    if kind is int:
+        if not _is_int(value):
+            errors.add(path, "Must be an integer.")
+            return None
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            errors.add(path, "Must be a number.")
+            return None
+        value = float(value)
+    if not spec["min"] <= value <= spec["max"]:
+        errors.add(path, f"Must be between {spec['min']} and {spec['max']}.")
+        return None
+    return value
+
+
+def _string_list(data: dict, key: str, path: str, errors: _Errors, maximum: int) -> list | None:
+    value = data.get(key, [])
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        errors.add(path, "Must be a list.")
+        return None
+    if len(value) > maximum:
+        errors.add(path, f"At most {maximum} entries.")
+        return None
+    return value
+
+
+def _section(data: dict, key: str, errors: _Errors, allowed: tuple[str, ...]) -> dict | None:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.add(key, "Must be an object.")
+        return None
+    for extra in sorted(set(value) - set(allowed)):
+        errors.add(f"{key}.{extra}", f"Unknown field (expected one of: {', '.join(allowed)}).")
+    return value
+
+
+def validate(data: dict) -> dict:
+    """Validate and normalize a crawl definition; raise :class:`DefinitionError` if invalid."""
+    errors = _Errors()
+    if not isinstance(data, dict):
+        raise DefinitionError({"__all__": ["The definition must be a JSON object."]})
+    out = default_definition()
+    for extra in sorted(set(data) - set(TOP_LEVEL)):
+        errors.add(extra, f"Unknown field (expected one of: {', '.join(TOP_LEVEL)}).")
+
+    # name
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        errors.add("name", "Must be a string.")
+    elif not name.strip():
+        errors.add("name", "This field is required.")
+    elif len(name.strip()) > MAX_NAME:
+        errors.add("name", f"At most {MAX_NAME} characters.")
+    else:
+        out["name"] = name.strip()
+
+    # start_urls
+    urls = data.get("start_urls")
+    if urls is None or urls == []:
+        errors.add("start_urls", "At least one start URL is required.")
+    elif isinstance(urls, str):
+        errors.add("start_urls", "Must be a list of URLs.")
+    elif not isinstance(urls, list):
+        errors.add("start_urls", "Must be a list of URLs.")
+    elif len(urls) > MAX_START_URLS:
+        errors.add("start_urls", f"At most {MAX_START_URLS} start URLs.")
+    else:
+        good = [(i, _check_url(u, f"start_urls.{i}", errors)) for i, u in enumerate(urls)]
+        out["start_urls"] = [u for _, u in good if u]
+
+    # allowed_domains
+    domains = _string_list(data, "allowed_domains", "allowed_domains", errors, 1000)
+    if domains is not None:
+        norm = []
+        for i, d in enumerate(domains):
+            if not isinstance(d, str) or not _HOST_RE.match(d.strip()) or "/" in d or ":" in d:
+                errors.add(f"allowed_domains.{i}", "Must be a host name such as example.com (no scheme, port or path).")
+                continue
+            d = d.strip().lower().rstrip(".")
+            if d not in norm:
+                norm.append(d)
+        if not domains:
+            for u in out["start_urls"]:
+                host = urlsplit(u).hostname.lower().rstrip(".")
+                if host not in norm:
+                    norm.append(host)
+        else:
+            for i, u in enumerate(urls if isinstance(urls, list) else []):
+                if not isinstance(u, str) or f"start_urls.{i}" in errors or not norm:
+                    continue
+                host = urlsplit(u.strip()).hostname or ""
+                if not host_allowed(host, norm):
+                    errors.add(f"start_urls.{i}", f"Host {host!r} is outside allowed_domains.")
+        out["allowed_domains"] = norm
+
+    # follow
+    follow = _section(data, "follow", errors, ("allow", "deny"))
+    if follow is not None:
+        for key in ("allow", "deny"):
+            patterns = _string_list(follow, key, f"follow.{key}", errors, MAX_REGEXES)
+            if patterns is not None:
+                checked = [_check_regex(p, f"follow.{key}.{i}", errors) for i, p in enumerate(patterns)]
+                out["follow"][key] = [p for p in checked if p is not None and p != ""]
+
+    # limits
+    limits = _section(data, "limits", errors, tuple(LIMIT_MAXIMA))
+    if limits is not None:
+        for key, maximum in LIMIT_MAXIMA.items():
+            value = limits.get(key, 0)
+            if value is None:
+                value = 0
+            if not _is_int(value):
+                errors.add(f"limits.{key}", "Must be a whole number (0 = no limit).")
+            elif not 0 <= value <= maximum:
+                errors.add(f"limits.{key}", f"Must be between 0 (no limit) and {maximum}.")
+            else:
+                out["limits"][key] = value
+
+    # spider
+    spider = data.get("spider", "") or ""
+    if not isinstance(spider, str):
+        errors.add("spider", "Must be a dotted path string or empty.")
+        spider = ""
+    spider = spider.strip()
+    if spider:
+        out["spider"] = _check_spider(spider, "spider", errors)
+
+    # item
+    item = _section(data, "item", errors, ("url_pattern", "selector", "fields"))
+    if item is not None:
+        pattern = item.get("url_pattern", "") or ""
+        if _check_regex(pattern, "item.url_pattern", errors) is not None:
+            out["item"]["url_pattern"] = pattern
+        selector = item.get("selector", "") or ""
+        if not isinstance(selector, str):
+            errors.add("item.selector", "Must be a string.")
+        elif selector.strip():
+            checked = _check_selector(selector, "item.selector", errors, allow_pseudo=False)
+            if checked:
+                out["item"]["selector"] = checked
+        fields = item.get("fields", []) or []
+        if not isinstance(fields, list):
+            errors.add("item.fields", "Must be a list.")
+        elif len(fields) > MAX_FIELDS:
+            errors.add("item.fields", f"At most {MAX_FIELDS} fields.")
+        else:
+            names: set[str] = set()
+            norm_fields = []
+            for i, f in enumerate(fields):
+                path = f"item.fields.{i}"
+                if not isinstance(f, dict):
+                    errors.add(path, "Must be an object {name, selector, many}.")
+                    continue
+                for extra in sorted(set(f) - {"name", "selector", "many"}):
+                    errors.add(f"{path}.{extra}", "Unknown field (expected name, selector, many).")
+                fname = f.get("name", "")
+                fname = fname.strip() if isinstance(fname, str) else fname
+                if not isinstance(fname, str) or not fname:
+                    errors.add(f"{path}.name", "This field is required.")
+                elif not _FIELD_NAME_RE.match(fname):
+                    errors.add(f"{path}.name", "Use letters, digits and _ only, not starting with a digit (max 64).")
+                elif fname == "url":
+                    errors.add(f"{path}.name", "'url' is reserved: every item carries its page URL.")
+                elif fname in names:
+                    errors.add(f"{path}.name", f"Duplicate field name {fname!r}.")
+                else:
+                    names.add(fname)
+                sel = _check_selector(f.get("selector", ""), f"{path}.selector", errors)
+                many = f.get("many", False)
+                if many is None:
+                    many = False
+                if not isinstance(many, bool):
+                    errors.add(f"{path}.many", "Must be true or false.")
+                norm_fields.append({"name": fname, "selector": sel, "many": bool(many)})
+            out["item"]["fields"] = norm_fields
+            if not spider and not fields and "item.fields" not in errors:
+                errors.add("item.fields", "Add at least one field (or name a custom spider).")
+
+    # settings
+    settings = data.get("settings", {})
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        errors.add("settings", "Must be an object of setting name -> value.")
+    else:
+        for key, value in settings.items():
+            path = f"settings.{key}"
+            if key not in ALLOWED_SETTINGS:
+                errors.add(path, f"Unknown or not allowed setting {key!r}.")
+                continue
+            checked = _check_setting(key, value, path, errors)
+            if checked is not None:
+                out["settings"][key] = checked
+
+    # workers
+    workers = data.get("workers", 1)
+    if workers is None:
+        workers = 1
+    if not _is_int(workers):
+        errors.add("workers", "Must be a whole number.")
+    elif not 1 <= workers <= MAX_WORKERS:
+        errors.add("workers", f"Must be between 1 and {MAX_WORKERS}.")
+    else:
+        out["workers"] = workers
+
+    if errors:
+        raise DefinitionError(dict(errors))
+    return copy.deepcopy(out)

@@ -1,0 +1,214 @@
+"""Lease tracking: when is a popped request finished, so that its lease can be released?
+
+A request popped from the crawl's queue is *leased* (``leases:WORKER``). Its lease is released
+only once everything it produced is in Redis:
+
+* a response: when the callback's output is exhausted (seen by :class:`LeaseSpiderMiddleware`,
+  the outermost spider middleware), every request it yielded has been handed to the scheduler
+  (``request_scheduled`` signal) and every item it yielded left the item pipelines
+  (``item_scraped`` / ``item_dropped`` / ``item_error``, which carry the response);
+* a download error or IgnoreRequest without an errback (seen by :class:`LeaseDownloaderMiddleware`,
+  the outermost downloader middleware): at once, nothing else comes of it;
+* a redirect or retry (a downloader middleware returned a new request, which carries the lease in
+  its meta): when the new request reaches the scheduler (``request_scheduled``);
+* anything else (an errback, an exception in a middleware): when the worker is idle, i.e. when the
+  downloader and the scraper have nothing in progress, every lease still held is finished.
+
+Releases are batched by the scheduler with its pending enqueues, in one pipelined round trip,
+enqueues first.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+
+from scrapy import Request, signals
+from scrapy.exceptions import IgnoreRequest
+
+from .queue import LEASE_META
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+logger = logging.getLogger(__name__)
+
+
+class Lease:
+    __slots__ = ("id", "request", "fingerprint", "state", "pending", "callback_done", "item_ids", "next_index")
+
+    def __init__(self, lease_id: str, request: Request, fingerprint: str):
+        self.id = lease_id
+        self.request = request
+        self.fingerprint = fingerprint
+        self.state = "download"  # download -> response -> callback -> done
+        self.pending = 0  # requests and items yielded and not yet in Redis
+        self.callback_done = False
+        self.item_ids: list[int] = []
+        self.next_index = 0
+
+
+class LeaseTracker:
+    """The leases held by one worker, and the bookkeeping that tells when each is finished."""
+
+    _by_crawler: "weakref.WeakKeyDictionary[Crawler, LeaseTracker]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, on_done: Callable[[Lease], None] | None = None):
+        self.on_done = on_done or (lambda lease: None)
+        self.leases: dict[str, Lease] = {}
+        self.by_request: dict[Request, Lease] = {}
+        self.by_response: dict[Any, Lease] = {}
+        self.children: dict[Request, Lease] = {}
+        self.item_keys: dict[int, str] = {}
+
+    @classmethod
+    def for_crawler(cls, crawler: Crawler) -> LeaseTracker:
+        tracker = cls._by_crawler.get(crawler)
+        if tracker is None:
+            tracker = cls._by_crawler[crawler] = cls()
+            crawler.signals.connect(tracker.request_scheduled, signal=signals.request_scheduled)
+            for sig in (signals.item_scraped, signals.item_dropped, signals.item_error):
+                crawler.signals.connect(tracker.item_finished, signal=sig)
+        return tracker
+
+    def __len__(self) -> int:
+        return len(self.leases)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def add(self, lease_id: str, request: Request, fingerprint: str) -> Lease:
+        lease = Lease(lease_id, request, fingerprint)
+        self.leases[lease_id] = lease
+        self.by_request[request] = lease
+        request.meta[LEASE_META] = lease_id
+        return lease
+
+    def done(self, lease: Lease) -> None:
+        if lease.state == "done":
+            return
+        lease.state = "done"
+        self.leases.pop(lease.id, None)
+        self.by_request.pop(lease.request, None)
+        for response, owner in list(self.by_response.items()):
+            if owner is lease:
+                del self.by_response[response]
+        for item_id in lease.item_ids:
+            self.item_keys.pop(item_id, None)
+        for child, owner in list(self.children.items()) if lease.pending > 0 else ():
+            if owner is lease:
+                del self.children[child]
+        self.on_done(lease)
+
+    def _maybe_done(self, lease: Lease) -> None:
+        if lease.callback_done and lease.pending <= 0:
+            self.done(lease)
+
+    def finish_all(self) -> int:
+        """Every lease is finished (the worker is idle): release them all."""
+        held = list(self.leases.values())
+        for lease in held:
+            self.done(lease)
+        return len(held)
+
+    # -- events ------------------------------------------------------------------------------
+    def response_downloaded(self, request: Request, response: Response) -> None:
+        lease = self.by_request.get(request)
+        if lease is not None and lease.state == "download":
+            lease.state = "response"
+            self.by_response[response] = lease
+
+    def download_failed(self, request: Request) -> None:
+        lease = self.by_request.get(request)
+        if lease is not None and lease.state == "download" and request.errback is None:
+            self.done(lease)  # the failure is only logged: nothing else comes of it
+
+    def request_scheduled(self, request: Request, spider: Any = None) -> None:
+        lease = self.children.pop(request, None)
+        if lease is not None:
+            lease.pending -= 1
+            self._maybe_done(lease)
+            return
+        lease = self.leases.get(request.meta.get(LEASE_META, ""))
+        if lease is not None and lease.request is not request and lease.state == "download":
+            self.done(lease)  # a redirect or a retry replaces the leased request
+
+    def item_finished(self, item: Any = None, response: Any = None, **kwargs: Any) -> None:
+        lease = self.by_response.get(response) if response is not None else None
+        if lease is not None and lease.state != "done":
+            lease.pending -= 1
+            self._maybe_done(lease)
+
+    def item_key(self, item: Any) -> str | None:
+        return self.item_keys.get(id(item))
+
+    async def wrap_output(self, response: Response, result: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        lease = self.by_response.get(response)
+        if lease is None:
+            async for out in result:
+                yield out
+            return
+        lease.state = "callback"
+        try:
+            async for out in result:
+                if isinstance(out, Request):
+                    self.children[out] = lease
+                    lease.pending += 1
+                elif out is not None:
+                    key = f"{lease.fingerprint}:{lease.next_index}"
+                    lease.next_index += 1
+                    self.item_keys[id(out)] = key
+                    lease.item_ids.append(id(out))
+                    lease.pending += 1
+                yield out
+        finally:
+            lease.callback_done = True
+            self._maybe_done(lease)
+
+    def callback_failed(self, response: Response) -> None:
+        lease = self.by_response.get(response)
+        if lease is not None and lease.state == "response":
+            # no middleware recovered from the exception: no output will follow
+            lease.callback_done = True
+            self._maybe_done(lease)
+
+
+class LeaseDownloaderMiddleware:
+    """Outermost downloader middleware: sees the final response or failure of a leased request."""
+
+    def __init__(self, tracker: LeaseTracker, stats: Any = None):
+        self.tracker = tracker
+        self.stats = stats
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> LeaseDownloaderMiddleware:
+        return cls(LeaseTracker.for_crawler(crawler), crawler.stats)
+
+    def process_response(self, request: Request, response: Response) -> Response:
+        self.tracker.response_downloaded(request, response)
+        return response
+
+    def process_exception(self, request: Request, exception: Exception) -> None:
+        if self.stats is not None and not isinstance(exception, IgnoreRequest):
+            self.stats.inc_value("crawlsite/download_errors")
+        self.tracker.download_failed(request)
+        return None
+
+
+class LeaseSpiderMiddleware:
+    """Outermost spider middleware: counts what each response's callback yields."""
+
+    def __init__(self, tracker: LeaseTracker):
+        self.tracker = tracker
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> LeaseSpiderMiddleware:
+        return cls(LeaseTracker.for_crawler(crawler))
+
+    async def process_spider_output(self, response: Response, result: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for out in self.tracker.wrap_output(response, result):
+            yield out
+
+    def process_spider_exception(self, response: Response, exception: Exception) -> None:
+        self.tracker.callback_failed(response)
+        return None

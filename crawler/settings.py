@@ -1,0 +1,56 @@
+"""Scrapy settings of one worker of one crawl, built from the crawl's definition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scrapy.settings import Settings
+
+from .definition import ALLOWED_SETTINGS
+
+CONFIGURABLE_SPIDER = "crawler.spiders.configurable.ConfigurableSpider"
+
+COMPONENTS: dict[str, Any] = {
+    "SCHEDULER": "crawler.scheduler.RedisScheduler",
+    "ITEM_PIPELINES": {"crawler.pipelines.RedisItemPipeline": 900},
+    # outermost middlewares: they see the final outcome of each leased request
+    "DOWNLOADER_MIDDLEWARES": {"crawler.middlewares.LeaseDownloaderMiddleware": 1},
+    "SPIDER_MIDDLEWARES": {"crawler.middlewares.LeaseSpiderMiddleware": 1},
+    "EXTENSIONS": {
+        "crawler.extensions.WorkerStats": 100,
+        "crawler.extensions.Control": 110,
+        "crawler.extensions.RedisLog": 120,
+        "scrapy.extensions.telnet.TelnetConsole": None,
+        "scrapy.extensions.remote_control.RemoteControl": None,
+    },
+}
+
+
+def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings for ``python -m crawler run``: Scrapy defaults, our components, the definition."""
+    settings = Settings()
+    settings.setdict({
+        "BOT_NAME": "crawlsite",
+        "LOG_LEVEL": "INFO",
+        "ROBOTSTXT_OBEY": True,
+        "TELNETCONSOLE_ENABLED": False,
+        "DEPTH_LIMIT": int((definition.get("limits") or {}).get("max_depth", 0)),
+        "CRAWLSITE_CRAWL": code,
+        "CRAWLSITE_WORKER": worker,
+        "CRAWLSITE_REDIS_URL": redis_url,
+        "CRAWLSITE_MAX_PAGES": int((definition.get("limits") or {}).get("max_pages", 0)),
+        "CRAWLSITE_MAX_ITEMS": int((definition.get("limits") or {}).get("max_items", 0)),
+    }, priority="project")
+    for name, value in COMPONENTS.items():
+        settings.set(name, value, priority="cmdline" if name == "SCHEDULER" else "project")
+    for name, value in (definition.get("settings") or {}).items():
+        if name in ALLOWED_SETTINGS and not (name == "USER_AGENT" and not value):
+            settings.set(name, value, priority="project")
+    for name, value in (overrides or {}).items():
+        settings.set(name, value, priority="cmdline")
+    return settings
+
+
+def spider_path(definition: dict[str, Any]) -> str:
+    return definition.get("spider") or CONFIGURABLE_SPIDER

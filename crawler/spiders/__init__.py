@@ -1,0 +1,1 @@
+"""Spiders run by Crawlsite workers."""

@@ -1,0 +1,94 @@
+"""Reading a crawl's live counters, and preparing a crawl in Redis (launch)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request
+from scrapy.utils.request import RequestFingerprinter
+
+from . import keys
+from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
+from .queue import request_to_json
+
+if TYPE_CHECKING:
+    import redis
+
+CONTROL_VALUES = ("run", "pause", "stop", "finish")
+
+
+def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
+    """Every counter the dashboard shows, in ONE pipelined round trip.
+
+    Returns ``{queued, seen, pages, items, errors, in_flight, status: {"200": n, ...},
+    workers: {id: state dict}, stats: {raw stats hash}, control}``. ``in_flight`` is the number of
+    leased requests (``stats.leased``, kept by the pop, release and return scripts).
+    """
+    pipe = redis.pipeline(transaction=False)
+    pipe.zcard(keys.queue(code))
+    pipe.hgetall(keys.stats(code))
+    pipe.hgetall(keys.workers(code))
+    pipe.get(keys.control(code))
+    queued, stats, states, control = pipe.execute()
+    parsed = {}
+    for worker, raw in (states or {}).items():
+        try:
+            parsed[worker] = json.loads(raw)
+        except ValueError:
+            parsed[worker] = {"worker": worker, "state": "unknown"}
+
+    def num(name: str) -> int:
+        try:
+            return int(stats.get(name, 0))
+        except (TypeError, ValueError):
+            return 0
+
+    status = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("status:")}
+    return {
+        "queued": int(queued),
+        "seen": num("seen"),
+        "pages": num("pages"),
+        "items": num("items"),
+        "errors": num("errors"),
+        "in_flight": num("leased"),
+        "status": status,
+        "workers": parsed,
+        "stats": {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in stats.items()},
+        "control": control or "",
+    }
+
+
+def set_control(redis: redis.Redis, code: str, value: str) -> None:
+    """Set the control key and publish the change on its channel."""
+    if value not in CONTROL_VALUES:
+        raise ValueError(f"control must be one of {CONTROL_VALUES}, not {value!r}")
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(keys.control(code), value)
+    pipe.publish(keys.control_channel(code), value)
+    pipe.execute()
+
+
+def seed(redis: redis.Redis, code: str, urls: list[str], buckets: int = DEFAULT_BUCKETS) -> int:
+    """Enqueue start URLs through the normal dedupe path; return how many were new."""
+    fingerprinter = RequestFingerprinter()
+    df = RedisDupeFilter(redis, code, buckets=buckets)
+    entries = []
+    for url in urls:
+        request = Request(url)
+        entries.append((fingerprinter.fingerprint(request), 0, request_to_json(request)))
+    return sum(df.enqueue(entries))
+
+
+def launch(redis: redis.Redis, code: str, definition: dict, buckets: int = DEFAULT_BUCKETS) -> int:
+    """Write a validated definition, seed its start URLs, set control to ``run``."""
+    redis.set(keys.definition(code), json.dumps(definition))
+    new = seed(redis, code, definition.get("start_urls", []), buckets=buckets)
+    set_control(redis, code, "run")
+    return new
+
+
+def delete_crawl(redis: redis.Redis, code: str) -> int:
+    """Delete every key of a crawl (a cancelled crawl)."""
+    names = list(redis.scan_iter(match=keys.crawl_pattern(code), count=1000))
+    return redis.delete(*names) if names else 0

@@ -1,0 +1,133 @@
+"""The dashboard's side of the crawl engine: launching crawls and their RQ jobs.
+
+Save the row, then touch Redis and RQ after commit; jobs take codes, never model instances.
+"""
+
+import logging
+
+import django_rq
+from django.conf import settings
+from django.db import transaction
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from crawler import keys, state
+from crawler.definition import MAX_WORKERS, DefinitionError
+from dashboard.models import Crawl, validate_definition
+from dashboard.redis import get_redis
+
+log = logging.getLogger(__name__)
+
+ITEMS_GROUP = "conductor"
+
+
+class LaunchError(Exception):
+    """A crawl could not be launched; the message is for the user."""
+
+
+def crawls_queue():
+    return django_rq.get_queue("crawls")
+
+
+def job_id(code, worker):
+    return f"crawl-{code}-{worker}"
+
+
+def job_timeout(definition):
+    """Explicit RQ job timeout: the crawl's duration limit plus a margin, else the setting."""
+    max_duration = definition.get("limits", {}).get("max_duration") or 0
+    if max_duration:
+        return max_duration + settings.CRAWL_JOB_MARGIN
+    return settings.CRAWL_JOB_TIMEOUT
+
+
+def check_redis():
+    try:
+        get_redis().ping()
+    except RedisError as exc:
+        raise LaunchError(f"Redis is unreachable, so no crawl was started ({exc}).") from None
+
+
+def launch(project, workers=None):
+    """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's)."""
+    try:
+        definition = validate_definition(project.definition)
+    except DefinitionError as exc:
+        raise LaunchError(f"The project's definition is invalid: {exc}") from None
+    count = definition["workers"] if workers is None else workers
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WORKERS:
+        raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
+    check_redis()
+    with transaction.atomic():
+        crawl = Crawl.objects.create(project=project, definition=definition, workers=count)
+        transaction.on_commit(lambda: start(crawl))
+    return crawl
+
+
+def start(crawl):
+    """Write the crawl to Redis, seed it, and enqueue its worker jobs. Never leaves it pending."""
+    redis = get_redis()
+    try:
+        state.launch(redis, crawl.code, crawl.definition)
+        ensure_items_group(redis, crawl.code)
+        enqueue_workers(crawl, crawl.next_worker_ids(crawl.workers))
+    except RedisError as exc:
+        log.exception("could not start crawl %s", crawl.code)
+        crawl.fail(f"Could not start: Redis is unreachable ({exc}).")
+        return
+    crawl.transition(Crawl.RUNNING)
+
+
+def ensure_items_group(redis, code):
+    try:
+        redis.xgroup_create(keys.items(code), ITEMS_GROUP, id="0", mkstream=True)
+    except RedisError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def enqueue_workers(crawl, worker_ids):
+    queue = crawls_queue()
+    timeout = job_timeout(crawl.definition)
+    for worker in worker_ids:
+        queue.enqueue(
+            "crawler.jobs.run_worker",
+            crawl.code,
+            worker,
+            job_id=job_id(crawl.code, worker),
+            job_timeout=timeout,
+            result_ttl=7 * 86400,
+            failure_ttl=7 * 86400,
+            description=f"crawl {crawl.code} ({crawl.project.name}) worker {worker}",
+        )
+
+
+def worker_ids(crawl):
+    return [f"w{n}" for n in range(1, crawl.launched_workers + 1)]
+
+
+def job_statuses(crawl):
+    """RQ status of each launched worker's job: queued, started, finished, failed, ... or missing."""
+    ids = worker_ids(crawl)
+    if not ids:
+        return {}
+    connection = crawls_queue().connection
+    jobs = Job.fetch_many([job_id(crawl.code, w) for w in ids], connection=connection,
+                          serializer=crawls_queue().serializer)
+    statuses = {}
+    for worker, job in zip(ids, jobs):
+        statuses[worker] = job.get_status(refresh=False) if job is not None else "missing"
+    return {w: (s.value if hasattr(s, "value") else s) for w, s in statuses.items()}
+
+
+def cancel_waiting_jobs(crawl):
+    """Jobs still waiting for a free RQ worker are no longer needed."""
+    queue = crawls_queue()
+    for worker in worker_ids(crawl):
+        try:
+            job = Job.fetch(job_id(crawl.code, worker), connection=queue.connection, serializer=queue.serializer)
+        except NoSuchJobError:
+            continue
+        if job.get_status() in ("queued", "deferred", "scheduled"):
+            job.cancel()

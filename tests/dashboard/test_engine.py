@@ -1,0 +1,154 @@
+"""Real crawls launched from the dashboard: RQ workers run Scrapy against the local test site,
+the conductor drains items into the database and detects the end."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crawler import keys
+from dashboard import engine
+from dashboard.conductor import Conductor
+from dashboard.models import Crawl, Project
+from demosite import start_site
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def site():
+    site = start_site(profile="test")
+    yield site
+    site.stop()
+
+
+def make_project(owner, site, name="Test shop", **settings):
+    definition = site.recommended_definition(slow=False)
+    definition["name"] = name
+    definition["settings"] = {"CONCURRENT_REQUESTS": 8, "DOWNLOAD_TIMEOUT": 5, "RETRY_TIMES": 0, **settings}
+    project = Project(owner=owner)
+    project.set_definition(engine.validate_definition(definition))
+    project.save()
+    return project
+
+
+def start_rq_workers(count):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "rq.cli", "worker", "crawls", "--burst",
+             "--serializer", "rq.serializers.JSONSerializer", "--url", os.environ["REDIS_URL"]],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+
+
+def conduct_until_done(crawls, timeout=120):
+    conductor = Conductor(tick=0.1)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if conductor.hold_lock():
+                conductor.tick()
+            for crawl in crawls:
+                crawl.refresh_from_db()
+            if all(c.is_terminal for c in crawls):
+                return
+            time.sleep(0.1)
+    finally:
+        conductor.release()
+    raise AssertionError(f"crawls did not end: {[(c.code, c.status) for c in crawls]}")
+
+
+def stored(crawl):
+    return {item.data["url"]: item.data for item in crawl.items.all()}
+
+
+def expected(site):
+    return {item["url"]: item for item in site.expected_items()}
+
+
+def check_items_exactly_once(crawl, site):
+    items = list(crawl.items.all())
+    assert len(items) == len({i.key for i in items}) == len({i.data["url"] for i in items})
+    got = stored(crawl)
+    want = expected(site)
+    assert set(got) == set(want)
+    for url, item in want.items():
+        for field in ("sku", "title", "price", "category"):
+            assert got[url][field] == item[field], (url, field)
+
+
+def check_rules_respected(site):
+    for host, path in site.requests:
+        assert host.startswith("127.0.0.1"), f"out-of-domain fetch: {host}{path}"
+        assert not path.startswith("/calendar/"), f"denied link fetched: {path}"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_crawl_stores_every_expected_item_exactly_once(owner, site, workers):
+    project = make_project(owner, site)
+    crawl = engine.launch(project, workers=workers)
+    crawl.refresh_from_db()
+    assert crawl.status == Crawl.RUNNING
+    procs = start_rq_workers(workers)
+    try:
+        conduct_until_done([crawl])
+    finally:
+        for proc in procs:
+            proc.wait(30)
+    assert crawl.status == Crawl.FINISHED, crawl.reason
+    check_items_exactly_once(crawl, site)
+    check_rules_respected(site)
+    assert crawl.stats["items_stored"] == len(site.expected_items())
+    assert crawl.stats["errors"] >= 2  # the 404 and the 500 are counted, the crawl carried on
+    assert crawl.stats["status"].get("404", 0) >= 1
+
+
+def test_two_crawls_at_once_do_not_mix(owner, site):
+    other_site = start_site(profile="demo")
+    try:
+        first = engine.launch(make_project(owner, site, "first"), workers=1)
+        second = engine.launch(make_project(owner, other_site, "second"), workers=1)
+        procs = start_rq_workers(2)
+        try:
+            conduct_until_done([first, second])
+        finally:
+            for proc in procs:
+                proc.wait(30)
+        assert first.status == second.status == Crawl.FINISHED
+        check_items_exactly_once(first, site)
+        check_items_exactly_once(second, other_site)
+    finally:
+        other_site.stop()
+
+
+def test_launch_refuses_when_redis_is_unreachable(owner, site, settings):
+    project = make_project(owner, site)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    with pytest.raises(engine.LaunchError, match="Redis is unreachable"):
+        engine.launch(project)
+    assert not Crawl.objects.exists()
+
+
+def test_launch_rejects_a_bad_worker_count(owner, site):
+    project = make_project(owner, site)
+    for bad in (0, 65, "2"):
+        with pytest.raises(engine.LaunchError, match="workers must be a whole number from 1 to 64"):
+            engine.launch(project, workers=bad)
+    assert not Crawl.objects.exists()
+
+
+def test_launch_writes_definition_seeds_and_jobs(owner, site, redis_client):
+    crawl = engine.launch(make_project(owner, site), workers=3)
+    assert redis_client.get(keys.control(crawl.code)) == "run"
+    assert redis_client.zcard(keys.queue(crawl.code)) == 1
+    statuses = engine.job_statuses(crawl)
+    assert statuses == {"w1": "queued", "w2": "queued", "w3": "queued"}
+    engine.cancel_waiting_jobs(crawl)
+    assert set(engine.job_statuses(crawl).values()) == {"canceled"}
