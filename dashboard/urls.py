@@ -7,4 +7,15 @@ app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("projects/", views.project_list, name="project-list"),
+    path("projects/new/", views.project_create, name="project-create"),
+    path("projects/<int:pk>/", views.project_detail, name="project-detail"),
+    path("projects/<int:pk>/edit/", views.project_edit, name="project-edit"),
+    path("projects/<int:pk>/delete/", views.project_delete, name="project-delete"),
+    path("projects/<int:pk>/launch", views.project_launch, name="project-launch"),
+    path("crawls/<str:code>/", views.crawl_detail, name="crawl-detail"),
+    path("crawls/<str:code>/items/", views.crawl_items, name="crawl-items"),
+    path("crawls/<str:code>/items/<int:item_id>.json", views.item_json, name="item-json"),
+    path("crawls/<str:code>/export", views.crawl_export, name="crawl-export"),
+    path("projects/<int:pk>/export", views.project_export, name="project-export"),
 ]

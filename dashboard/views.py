@@ -1,10 +1,17 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.db import IntegrityError, transaction
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from dashboard import engine
+from dashboard.forms import ProjectForm
 
 from dashboard.health import health
+from dashboard import exports
+from dashboard import items as item_queries
 from dashboard.models import Crawl, Project
 
 
@@ -21,6 +28,91 @@ def _get_crawl_for_user(request, code):
 @require_GET
 def overview(request):
     return render(request, "dashboard/overview.html", {"health": health()})
+
+
+@require_GET
+def project_list(request):
+    projects = Project.objects.for_user(request.user).prefetch_related("crawls")
+    return render(request, "dashboard/project_list.html", {"projects": projects})
+
+
+def _save_project(request, form, project):
+    project.set_definition(form.cleaned_data["definition"])
+    try:
+        with transaction.atomic():
+            project.save()
+    except IntegrityError:
+        form.add_error("name", "You already have a project with this name.")
+        return False
+    return True
+
+
+@require_http_methods(["GET", "POST"])
+def project_create(request):
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        project = Project(owner=request.user)
+        if _save_project(request, form, project):
+            messages.success(request, f"Project “{project.name}” created. Launch it when you are ready.")
+            return redirect(project)
+    return render(request, "dashboard/project_form.html", {"form": form, "creating": True})
+
+
+@require_http_methods(["GET", "POST"])
+def project_edit(request, pk):
+    project = _get_project_for_user(request, pk)
+    form = ProjectForm(request.POST or None, initial=ProjectForm.initial_from(project.definition))
+    if request.method == "POST" and form.is_valid():
+        if _save_project(request, form, project):
+            messages.success(request, "Saved. Crawls already running keep the definition they started with.")
+            return redirect(project)
+    return render(request, "dashboard/project_form.html", {"form": form, "project": project})
+
+
+@require_GET
+def project_detail(request, pk):
+    project = _get_project_for_user(request, pk)
+    crawls = project.crawls.all()[:50]
+    return render(request, "dashboard/project_detail.html", {"project": project, "crawls": crawls})
+
+
+@require_http_methods(["GET", "POST"])
+def project_delete(request, pk):
+    project = _get_project_for_user(request, pk)
+    active = project.crawls.active().exists()
+    if request.method == "POST":
+        if active:
+            messages.error(request, "This project has crawls still running: stop or cancel them first.")
+            return redirect(project)
+        name = project.name
+        project.delete()
+        messages.success(request, f"Project “{name}” and its crawls were deleted.")
+        return redirect("dashboard:project-list")
+    return render(request, "dashboard/project_confirm_delete.html", {"project": project, "active": active})
+
+
+@require_POST
+def project_launch(request, pk):
+    project = _get_project_for_user(request, pk)
+    workers = request.POST.get("workers", "").strip()
+    if workers and not workers.isdigit():
+        messages.error(request, f"Workers must be a whole number from 1 to 64, not “{workers}”.")
+        return redirect(project)
+    try:
+        crawl = engine.launch(project, workers=int(workers) if workers else None)
+    except engine.LaunchError as exc:
+        messages.error(request, str(exc))
+        return redirect(project)
+    crawl.refresh_from_db()
+    if crawl.status == crawl.FAILED:
+        messages.error(request, crawl.reason)
+    return redirect(crawl)
+
+
+@require_GET
+def crawl_detail(request, code):
+    crawl = _get_crawl_for_user(request, code)
+    return render(request, "dashboard/crawl_detail.html", {"crawl": crawl})
 
 
 @login_not_required
@@ -43,3 +135,51 @@ def page_not_found(request, exception):
 @login_not_required
 def server_error(request):
     return render(request, "500.html", status=500)
+
+
+# --- Items and exports (issue 6) ---------------------------------------------------------------
+
+
+def _cursor(request, name):
+    """An ``?after=`` / ``?before=`` cursor: a positive item id, or None when absent or malformed."""
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
+@require_GET
+def crawl_items(request, code):
+    crawl = _get_crawl_for_user(request, code)
+    q = request.GET.get("q", "").strip()
+    before = _cursor(request, "before")
+    page = item_queries.page(crawl, after=None if before is not None else _cursor(request, "after"),
+                             before=before, q=q)
+    return render(request, "dashboard/items.html", {
+        "crawl": crawl,
+        "page": page,
+        "q": q,
+        "item_count": item_queries.item_count(crawl),
+        "formats": list(exports.FORMATS),
+    })
+
+
+@require_GET
+def item_json(request, code, item_id):
+    crawl = _get_crawl_for_user(request, code)
+    item = get_object_or_404(crawl.items.only("data"), pk=item_id)
+    return JsonResponse(item.data, safe=False, json_dumps_params={"ensure_ascii": False, "indent": 2})
+
+
+@require_GET
+def crawl_export(request, code):
+    crawl = _get_crawl_for_user(request, code)
+    return exports.export_response(crawl, request.GET.get("format", "jsonl"))
+
+
+@require_GET
+def project_export(request, pk):
+    """The latest finished crawl of a project, at a URL that stays the same between runs."""
+    project = _get_project_for_user(request, pk)
+    crawl = project.crawls.filter(status=Crawl.FINISHED).order_by("-finished_at", "-id").first()
+    if crawl is None:
+        return JsonResponse({"detail": f"Project {project.name!r} has no finished crawl yet."}, status=404)
+    return exports.export_response(crawl, request.GET.get("format", "jsonl"))

@@ -1,0 +1,40 @@
+from django.contrib import admin
+
+from dashboard.forms import ProjectAdminForm
+from dashboard.models import ApiToken, Crawl, Item, Project
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    form = ProjectAdminForm
+    list_display = ["name", "owner", "updated_at"]
+    list_filter = ["owner"]
+    search_fields = ["name"]
+
+
+@admin.register(Crawl)
+class CrawlAdmin(admin.ModelAdmin):
+    list_display = ["code", "project", "status", "workers", "created_at", "finished_at"]
+    list_filter = ["status"]
+    search_fields = ["code", "project__name"]
+    readonly_fields = ["code", "project", "definition", "status", "reason", "workers", "launched_workers",
+                       "stats", "created_at", "started_at", "finished_at"]
+
+    def has_add_permission(self, request):
+        return False  # crawls are launched from the dashboard, the API or `manage.py crawl`
+
+
+@admin.register(Item)
+class ItemAdmin(admin.ModelAdmin):
+    list_display = ["key", "crawl", "url", "created_at"]
+    search_fields = ["key", "url"]
+    raw_id_fields = ["crawl"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "user", "created_at", "last_used_at"]
+    readonly_fields = ["digest", "prefix", "created_at", "last_used_at"]

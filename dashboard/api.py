@@ -1,0 +1,235 @@
+"""The JSON API (Django Ninja), with OpenAPI docs at /api/docs.
+
+Browsers use their session (CSRF-checked); scripts send ``Authorization: Bearer TOKEN`` from
+``python manage.py apitoken USERNAME``. Another user's project or crawl answers 404.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db import IntegrityError, transaction
+from django.shortcuts import get_object_or_404
+from ninja import Body, NinjaAPI, Schema, Status
+from ninja.security import HttpBearer, django_auth
+from redis.exceptions import RedisError
+
+from crawler import state
+from crawler.definition import DefinitionError
+from dashboard import engine
+from dashboard.models import ApiToken, Crawl, Project, validate_definition
+from dashboard.redis import get_redis
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request, token):
+        user = ApiToken.user_for(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="Crawlsite API",
+    version="1",
+    description="Create crawl definitions, launch and watch crawls, read their items.",
+    auth=[BearerToken(), django_auth],
+    docs_decorator=login_required,
+    urls_namespace="api",
+)
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class ValidationOut(Schema):
+    detail: str
+    errors: dict[str, list[str]]
+
+
+class ProjectOut(Schema):
+    id: int
+    name: str
+    definition: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    latest_crawl: str | None
+
+
+class LaunchIn(Schema):
+    workers: int | None = None
+
+
+class Counters(Schema):
+    queued: int = 0
+    seen: int = 0
+    pages: int = 0
+    items: int = 0
+    errors: int = 0
+    in_flight: int = 0
+
+
+class Rates(Schema):
+    pages_per_s: float = 0.0
+    items_per_s: float = 0.0
+
+
+class CrawlOut(Schema):
+    code: str
+    project: int
+    status: str
+    reason: str
+    workers: int
+    counters: Counters
+    rates: Rates
+    items_stored: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def project_out(project):
+    latest = project.latest_crawl()
+    return {
+        "id": project.pk,
+        "name": project.name,
+        "definition": project.definition,
+        "created_at": project.created_at,
+        "updated_at": project.updated_at,
+        "latest_crawl": latest.code if latest else None,
+    }
+
+
+COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "in_flight")
+
+
+def crawl_numbers(crawl):
+    """Live counters from Redis for an active crawl, the recorded ones once it ended."""
+    counters = {name: crawl.stats.get(name, 0) for name in COUNTER_NAMES}
+    if crawl.is_active:
+        try:
+            live = state.read_counters(get_redis(), crawl.code)
+            counters = {name: live[name] for name in COUNTER_NAMES}
+        except RedisError:
+            pass  # Redis away for a moment: the recorded numbers are the best we have
+    seconds = crawl.duration.total_seconds() if crawl.duration else 0
+    rates = {"pages_per_s": 0.0, "items_per_s": 0.0}
+    if seconds > 0:
+        rates = {
+            "pages_per_s": round(counters["pages"] / seconds, 2),
+            "items_per_s": round(counters["items"] / seconds, 2),
+        }
+    return counters, rates
+
+
+def crawl_out(crawl):
+    counters, rates = crawl_numbers(crawl)
+    return {
+        "code": crawl.code,
+        "project": crawl.project_id,
+        "status": crawl.status,
+        "reason": crawl.reason,
+        "workers": crawl.workers,
+        "counters": counters,
+        "rates": rates,
+        "items_stored": crawl.stats.get("items_stored", crawl.items.count()) if crawl.is_terminal else crawl.items.count(),
+        "created_at": crawl.created_at,
+        "started_at": crawl.started_at,
+        "finished_at": crawl.finished_at,
+    }
+
+
+def _project(request, project_id):
+    return get_object_or_404(Project.objects.for_user(request.user), pk=project_id)
+
+
+def _crawl(request, code):
+    return get_object_or_404(Crawl.objects.for_user(request.user).select_related("project"), code=code)
+
+
+def _validated(payload):
+    if not isinstance(payload, dict):
+        return None, Status(422, {"detail": "The crawl definition must be a JSON object.", "errors": {}})
+    try:
+        return validate_definition(payload), None
+    except DefinitionError as exc:
+        return None, Status(422, {"detail": "Invalid crawl definition.", "errors": exc.errors})
+
+
+def _save(project, definition):
+    project.set_definition(definition)
+    try:
+        with transaction.atomic():
+            project.save()
+    except IntegrityError:
+        return Status(409, {"detail": f"You already have a project named {definition['name']!r}."})
+    return None
+
+
+@api.post("/projects", response={201: ProjectOut, 409: ErrorOut, 422: ValidationOut}, tags=["projects"])
+def create_project(request, payload: dict[str, Any] = Body(...)):
+    """Create a project from a crawl definition (see docs/crawler.md for its fields)."""
+    definition, error = _validated(payload)
+    if error:
+        return error
+    project = Project(owner=request.user)
+    conflict = _save(project, definition)
+    return conflict or Status(201, project_out(project))
+
+
+@api.get("/projects", response=list[ProjectOut], tags=["projects"])
+def list_projects(request):
+    return [project_out(p) for p in Project.objects.for_user(request.user)]
+
+
+@api.get("/projects/{project_id}", response={200: ProjectOut, 404: ErrorOut}, tags=["projects"])
+def get_project(request, project_id: int):
+    return project_out(_project(request, project_id))
+
+
+@api.put("/projects/{project_id}", response={200: ProjectOut, 404: ErrorOut, 409: ErrorOut, 422: ValidationOut},
+         tags=["projects"])
+def update_project(request, project_id: int, payload: dict[str, Any] = Body(...)):
+    """Replace the definition. Crawls already launched keep their frozen copy."""
+    project = _project(request, project_id)
+    definition, error = _validated(payload)
+    if error:
+        return error
+    conflict = _save(project, definition)
+    return conflict or project_out(project)
+
+
+@api.delete("/projects/{project_id}", response={204: None, 404: ErrorOut, 409: ErrorOut}, tags=["projects"])
+def delete_project(request, project_id: int):
+    project = _project(request, project_id)
+    if project.crawls.active().exists():
+        return Status(409, {"detail": "This project has crawls still running: stop or cancel them first."})
+    project.delete()
+    return Status(204, None)
+
+
+@api.post("/projects/{project_id}/crawls", response={201: CrawlOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+          tags=["crawls"])
+def launch_crawl(request, project_id: int, payload: LaunchIn = Body(None)):
+    """Launch a crawl of the project on ``workers`` workers (default: the definition's)."""
+    project = _project(request, project_id)
+    workers = payload.workers if payload else None
+    try:
+        crawl = engine.launch(project, workers=workers)
+    except engine.LaunchError as exc:
+        status = 503 if "Redis is unreachable" in str(exc) else 422
+        return Status(status, {"detail": str(exc)})
+    crawl.refresh_from_db()
+    return Status(201, crawl_out(crawl))
+
+
+@api.get("/projects/{project_id}/crawls", response={200: list[CrawlOut], 404: ErrorOut}, tags=["crawls"])
+def list_crawls(request, project_id: int):
+    project = _project(request, project_id)
+    return [crawl_out(c) for c in project.crawls.select_related("project")[:100]]
+
+
+@api.get("/crawls/{code}", response={200: CrawlOut, 404: ErrorOut}, tags=["crawls"])
+def get_crawl(request, code: str):
+    return crawl_out(_crawl(request, code))

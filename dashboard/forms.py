@@ -1,0 +1,211 @@
+"""The project (crawl definition) form.
+
+It turns friendly text fields into the definition dict and hands it to the one validator,
+``crawler.definition.validate``; the validator's dotted error paths come back to the form field
+they belong to, with the line number where there is one.
+"""
+
+import json
+import re
+
+from django import forms
+
+from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
+from dashboard.models import Project, validate_definition
+
+FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
+LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
+
+# Dotted path prefix of a validator error -> the form field that shows it.
+ERROR_FIELDS = [
+    ("name", "name"),
+    ("start_urls", "start_urls"),
+    ("allowed_domains", "allowed_domains"),
+    ("follow.allow", "follow_allow"),
+    ("follow.deny", "follow_deny"),
+    ("follow", "follow_allow"),
+    ("limits.max_depth", "max_depth"),
+    ("limits.max_pages", "max_pages"),
+    ("limits.max_items", "max_items"),
+    ("limits.max_duration", "max_duration"),
+    ("item.url_pattern", "item_url_pattern"),
+    ("item.selector", "item_selector"),
+    ("item.fields", "fields"),
+    ("item", "fields"),
+    ("spider", "spider"),
+    ("settings", "settings"),
+    ("workers", "workers"),
+]
+LINE_FIELDS = {"start_urls", "allowed_domains", "follow_allow", "follow_deny", "fields"}
+
+
+def _lines(text):
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def _textarea(rows=4, placeholder=""):
+    return forms.Textarea(attrs={"rows": rows, "placeholder": placeholder, "spellcheck": "false"})
+
+
+def parse_fields(text):
+    """``name: selector`` per line; ``name[]: selector`` collects every match."""
+    fields, problems = [], []
+    for number, line in enumerate(_lines(text), start=1):
+        match = FIELD_LINE.match(line)
+        if not match:
+            problems.append(
+                f"Line {number}: write it as “name: selector” with a name of letters, digits and _, "
+                "e.g. “title: h1::text”."
+            )
+            continue
+        name, many, selector = match.groups()
+        fields.append({"name": name, "selector": selector.strip(), "many": bool(many)})
+    return fields, problems
+
+
+def format_fields(fields):
+    return "\n".join(f"{f['name']}{'[]' if f.get('many') else ''}: {f['selector']}" for f in fields)
+
+
+def parse_settings(text):
+    """``NAME = value`` per line; numbers and true/false are read as such, the rest as text."""
+    values, problems = {}, []
+    for number, line in enumerate(_lines(text), start=1):
+        name, sep, raw = line.partition("=")
+        if not sep or not name.strip():
+            problems.append(f"Line {number}: write it as “NAME = value”, e.g. “DOWNLOAD_DELAY = 0.5”.")
+            continue
+        raw = raw.strip()
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        values[name.strip()] = value
+    return values, problems
+
+
+def format_settings(settings):
+    return "\n".join(f"{name} = {json.dumps(value) if not isinstance(value, str) else value}" for name, value in settings.items())
+
+
+class ProjectForm(forms.Form):
+    name = forms.CharField(max_length=200, help_text="Shown in the dashboard.")
+    start_urls = forms.CharField(
+        widget=_textarea(3, "https://example.com/"), help_text="One absolute http(s) URL per line (up to 1,000)."
+    )
+    allowed_domains = forms.CharField(
+        required=False, widget=_textarea(2, "example.com"),
+        help_text="One domain per line; empty means the domains of the start URLs.",
+    )
+    follow_allow = forms.CharField(
+        label="Follow links matching", required=False, widget=_textarea(3, "/category/"),
+        help_text="One regular expression per line; empty follows every link in the allowed domains.",
+    )
+    follow_deny = forms.CharField(
+        label="Never follow links matching", required=False, widget=_textarea(2, "/login"),
+        help_text="One regular expression per line.",
+    )
+    max_depth = forms.IntegerField(min_value=0, initial=0, help_text="Link depth; 0 = no limit.")
+    max_pages = forms.IntegerField(min_value=0, initial=0, help_text="Pages crawled; 0 = no limit.")
+    max_items = forms.IntegerField(min_value=0, initial=0, help_text="Items stored; 0 = no limit.")
+    max_duration = forms.IntegerField(min_value=0, initial=0, help_text="Seconds; 0 = no limit.")
+    item_url_pattern = forms.CharField(
+        label="Item pages", required=False, help_text="Regular expression of the URLs that hold items; empty = every page."
+    )
+    item_selector = forms.CharField(
+        label="Item selector", required=False,
+        help_text="CSS or XPath; each match is one item. Empty = one item per page.",
+    )
+    fields = forms.CharField(
+        label="Fields", required=False, widget=_textarea(5, "title: h1::text\nprice: .price::text\ntags[]: .tag::text"),
+        help_text="“name: selector” per line, CSS (with ::text, ::attr(href)) or XPath (starting with / or ( ). "
+        "End a name with [] to keep every match.",
+    )
+    spider = forms.CharField(
+        label="Custom spider class", required=False,
+        help_text="Instead of the fields above: the dotted path of your own Scrapy spider, importable on the workers.",
+    )
+    settings = forms.CharField(
+        label="Scrapy settings", required=False, widget=_textarea(3, "CONCURRENT_REQUESTS = 16\nDOWNLOAD_DELAY = 0.25"),
+        help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ".",
+    )
+    workers = forms.IntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
+
+    @classmethod
+    def initial_from(cls, definition):
+        d = {**default_definition(), **definition}
+        return {
+            "name": d["name"],
+            "start_urls": "\n".join(d["start_urls"]),
+            "allowed_domains": "\n".join(d["allowed_domains"]),
+            "follow_allow": "\n".join(d["follow"].get("allow", [])),
+            "follow_deny": "\n".join(d["follow"].get("deny", [])),
+            **{limit: d["limits"].get(limit, 0) for limit in LIMITS},
+            "item_url_pattern": d["item"].get("url_pattern", ""),
+            "item_selector": d["item"].get("selector", ""),
+            "fields": format_fields(d["item"].get("fields", [])),
+            "spider": d["spider"],
+            "settings": format_settings(d["settings"]),
+            "workers": d["workers"],
+        }
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        fields, field_problems = parse_fields(data.get("fields"))
+        settings, setting_problems = parse_settings(data.get("settings"))
+        for problem in field_problems:
+            self.add_error("fields", problem)
+        for problem in setting_problems:
+            self.add_error("settings", problem)
+        if field_problems or setting_problems:
+            return data
+        raw = {
+            "name": data["name"],
+            "start_urls": _lines(data["start_urls"]),
+            "allowed_domains": _lines(data.get("allowed_domains")),
+            "follow": {"allow": _lines(data.get("follow_allow")), "deny": _lines(data.get("follow_deny"))},
+            "limits": {limit: data[limit] for limit in LIMITS},
+            "item": {"url_pattern": data.get("item_url_pattern", ""), "selector": data.get("item_selector", ""), "fields": fields},
+            "spider": data.get("spider", ""),
+            "settings": settings,
+            "workers": data["workers"],
+        }
+        try:
+            data["definition"] = validate_definition(raw)
+        except DefinitionError as exc:
+            self.add_definition_errors(exc.errors)
+        return data
+
+    def add_definition_errors(self, errors):
+        for path, messages in sorted(errors.items()):
+            field = next((f for prefix, f in ERROR_FIELDS if path == prefix or path.startswith(prefix + ".")), None)
+            where = ""
+            rest = path.split(".")
+            index = next((int(p) for p in rest if p.isdigit()), None)
+            if field in LINE_FIELDS and index is not None:
+                where = f"Line {index + 1}: "
+            elif field == "settings" and len(rest) > 1:
+                where = f"{rest[1]}: "
+            for message in messages:
+                self.add_error(field, f"{where}{message}")
+
+
+class ProjectAdminForm(forms.ModelForm):
+    """The admin edits the definition as JSON, checked by the same validator."""
+
+    class Meta:
+        model = Project
+        fields = ["owner", "definition"]
+
+    def clean_definition(self):
+        try:
+            return validate_definition(self.cleaned_data["definition"])
+        except DefinitionError as exc:
+            raise forms.ValidationError([f"{path}: {' '.join(msgs)}" for path, msgs in sorted(exc.errors.items())])
+
+    def save(self, commit=True):
+        self.instance.set_definition(self.cleaned_data["definition"])
+        return super().save(commit)
+
