@@ -56,9 +56,10 @@ class Control:
     """Applies the crawl's ``control`` key to this worker's engine."""
 
     def __init__(self, redis: redis.Redis, code: str, *, crawler: Crawler | None = None,
-                 interval: float = 0.25, stop_timeout: float = 30.0):
+                 interval: float = 0.25, stop_timeout: float = 30.0, worker: str | None = None):
         self.redis = redis
         self.code = keys.validate_code(code)
+        self.worker = keys.validate_worker(worker) if worker else None
         self.crawler = crawler
         self.interval = interval
         self.stop_timeout = stop_timeout
@@ -75,7 +76,8 @@ class Control:
             raise NotConfigured("CRAWLSITE_CRAWL not set")
         ext = cls(get_redis(s.get("CRAWLSITE_REDIS_URL")), s["CRAWLSITE_CRAWL"], crawler=crawler,
                   interval=s.getfloat("CRAWLSITE_CONTROL_INTERVAL", 0.25),
-                  stop_timeout=s.getfloat("CRAWLSITE_STOP_TIMEOUT", 30.0))
+                  stop_timeout=s.getfloat("CRAWLSITE_STOP_TIMEOUT", 30.0),
+                  worker=s.get("CRAWLSITE_WORKER") or None)
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(ext.spider_idle, signal=signals.spider_idle)
@@ -116,7 +118,16 @@ class Control:
 
     def tick(self) -> None:
         try:
-            value = self.redis.get(keys.control(self.code)) or "run"
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(keys.control(self.code))
+            if self.worker:
+                pipe.sismember(keys.retired(self.code), self.worker)
+            replies = pipe.execute()
+            value = replies[0] or "run"
+            if isinstance(value, bytes):
+                value = value.decode()
+            if self.worker and replies[1]:
+                value = "stop"  # this worker was retired by a scale-down: drain and leave
         except Exception:
             logger.warning("Cannot read the control key of crawl %s", self.code, exc_info=True)
             return

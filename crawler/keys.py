@@ -70,6 +70,11 @@ def leases_pattern(code: str) -> str:
     return _key(code, "leases") + ":*"
 
 
+def retired(code: str) -> str:
+    """SET of worker ids asked to leave (scale down): they drain, hand back leases and exit."""
+    return _key(code, "retired")
+
+
 def heartbeat(code: str, worker: str) -> str:
     return _key(code, "hb", validate_worker(worker))
 
@@ -104,3 +109,22 @@ OVERVIEW_GROUP = "crawls"
 def conductor_lock() -> str:
     """STRING with a TTL held by the active conductor; its presence means a conductor is alive."""
     return f"{PREFIX}:conductor:lock"
+
+
+# Live dashboard (dashboard/live.py): written by the conductor, read by the web process.
+
+
+def series(code: str) -> str:
+    """LIST of JSON points ``[t, pages, items, queued, seen, errors, in_flight, pages/s, items/s]``, capped."""
+    return _key(code, "series")
+
+
+def live(code: str) -> str:
+    """HASH: ``seq`` (last update number sent to the crawl's group), ``rates`` (JSON), ``interval``
+    (seconds between two series points) and ``last_point`` (time of the newest point)."""
+    return _key(code, "live")
+
+
+def owner_group(owner_id: int) -> str:
+    """Channel-layer group of one user's overview page: only their own crawls are sent to it."""
+    return f"{OVERVIEW_GROUP}.owner.{int(owner_id)}"

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class Lease:
-    __slots__ = ("id", "request", "fingerprint", "state", "pending", "callback_done", "item_ids", "next_index")
+    __slots__ = ("released_in", "id", "request", "fingerprint", "state", "pending", "callback_done", "item_ids", "next_index")
 
     def __init__(self, lease_id: str, request: Request, fingerprint: str):
         self.id = lease_id
@@ -87,6 +87,7 @@ class LeaseTracker:
     def done(self, lease: Lease) -> None:
         if lease.state == "done":
             return
+        lease.released_in = lease.state
         lease.state = "done"
         self.leases.pop(lease.id, None)
         self.by_request.pop(lease.request, None)

@@ -49,7 +49,7 @@ class RedisScheduler(BaseScheduler):
         self.fingerprinter = fingerprinter
         self.queue = RequestQueue(redis, code, worker)
         self.df = RedisDupeFilter(redis, code, buckets=buckets)
-        self.tracker = tracker or LeaseTracker()
+        self.tracker = tracker if tracker is not None else LeaseTracker()
         self.tracker.on_done = self._lease_done
         self.max_pages = int(max_pages)
         self.batch_size = batch_size
@@ -170,6 +170,7 @@ class RedisScheduler(BaseScheduler):
         return request
 
     def _lease_done(self, lease: Lease) -> None:
+        self._inc(f"crawlsite/leases_released/{lease.released_in}")
         self._to_release.append(lease.id)
         self._schedule_flush()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from scrapy.settings import Settings
@@ -9,6 +10,10 @@ from scrapy.settings import Settings
 from .definition import ALLOWED_SETTINGS
 
 CONFIGURABLE_SPIDER = "crawler.spiders.configurable.ConfigurableSpider"
+
+# Timing settings a deployment (or the test suite) may set from the environment, e.g.
+# CRAWLSITE_HEARTBEAT_TTL=1.5 so a killed worker's leases come back quickly in tests.
+ENV_FLOAT_SETTINGS = ("CRAWLSITE_HEARTBEAT_TTL", "CRAWLSITE_STOP_TIMEOUT")
 
 COMPONENTS: dict[str, Any] = {
     "SCHEDULER": "crawler.scheduler.RedisScheduler",
@@ -46,6 +51,16 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         settings.set(name, value, priority="cmdline" if name == "SCHEDULER" else "project")
     for name, value in (definition.get("settings") or {}).items():
         if name in ALLOWED_SETTINGS and not (name == "USER_AGENT" and not value):
+            settings.set(name, value, priority="project")
+    for name in ENV_FLOAT_SETTINGS:
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+            if value <= 0:
+                raise ValueError(f"{name} must be more than 0 seconds, not {raw!r}")
             settings.set(name, value, priority="project")
     for name, value in (overrides or {}).items():
         settings.set(name, value, priority="cmdline")

@@ -69,6 +69,16 @@ def set_control(redis: redis.Redis, code: str, value: str) -> None:
     pipe.execute()
 
 
+def retire_workers(redis: redis.Redis, code: str, workers: list[str]) -> None:
+    """Ask ``workers`` to leave the crawl (scale down); wakes them through the control channel."""
+    if not workers:
+        return
+    pipe = redis.pipeline(transaction=True)
+    pipe.sadd(keys.retired(code), *[keys.validate_worker(w) for w in workers])
+    pipe.publish(keys.control_channel(code), "retire")
+    pipe.execute()
+
+
 def seed(redis: redis.Redis, code: str, urls: list[str], buckets: int = DEFAULT_BUCKETS) -> int:
     """Enqueue start URLs through the normal dedupe path; return how many were new."""
     fingerprinter = RequestFingerprinter()

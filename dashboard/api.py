@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from crawler import state
 from crawler.definition import DefinitionError
 from dashboard import engine
-from dashboard.models import ApiToken, Crawl, Project, validate_definition
+from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
 from dashboard.redis import get_redis
 
 
@@ -233,3 +233,58 @@ def list_crawls(request, project_id: int):
 @api.get("/crawls/{code}", response={200: CrawlOut, 404: ErrorOut}, tags=["crawls"])
 def get_crawl(request, code: str):
     return crawl_out(_crawl(request, code))
+
+
+class ScaleIn(Schema):
+    workers: int
+
+
+def _control(request, code, action):
+    crawl = _crawl(request, code)
+    try:
+        crawl = engine.control(crawl, action)
+    except InvalidTransition as exc:
+        return Status(409, {"detail": str(exc)})
+    except RedisError as exc:
+        return Status(503, {"detail": f"Redis is unreachable; nothing changed ({exc})."})
+    return crawl_out(crawl)
+
+
+CONTROL_RESPONSES = {200: CrawlOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
+
+
+@api.post("/crawls/{code}/pause", response=CONTROL_RESPONSES, tags=["control"])
+def pause_crawl(request, code: str):
+    """Workers take no new requests; in-flight downloads finish. Status: pausing, then paused."""
+    return _control(request, code, "pause")
+
+
+@api.post("/crawls/{code}/resume", response=CONTROL_RESPONSES, tags=["control"])
+def resume_crawl(request, code: str):
+    """Continue a paused crawl, or relaunch the workers of a stopped one."""
+    return _control(request, code, "resume")
+
+
+@api.post("/crawls/{code}/stop", response=CONTROL_RESPONSES, tags=["control"])
+def stop_crawl(request, code: str):
+    """Workers drain and exit; queue and dedupe are kept so the crawl can be resumed."""
+    return _control(request, code, "stop")
+
+
+@api.post("/crawls/{code}/cancel", response=CONTROL_RESPONSES, tags=["control"])
+def cancel_crawl(request, code: str):
+    """End a paused or stopped crawl for good and delete its Redis state; items stay."""
+    return _control(request, code, "cancel")
+
+
+@api.post("/crawls/{code}/scale", response={**CONTROL_RESPONSES, 422: ErrorOut}, tags=["control"])
+def scale_crawl(request, code: str, payload: ScaleIn):
+    """Run ``workers`` workers: launch more, or retire the newest (they hand back their requests)."""
+    crawl = _crawl(request, code)
+    try:
+        crawl = engine.scale(crawl, payload.workers)
+    except InvalidTransition as exc:
+        return Status(409, {"detail": str(exc)})
+    except engine.LaunchError as exc:
+        return Status(422, {"detail": str(exc)})
+    return crawl_out(crawl)

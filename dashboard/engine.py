@@ -121,13 +121,119 @@ def job_statuses(crawl):
     return {w: (s.value if hasattr(s, "value") else s) for w, s in statuses.items()}
 
 
-def cancel_waiting_jobs(crawl):
+def cancel_waiting_jobs(crawl, only=None):
     """Jobs still waiting for a free RQ worker are no longer needed."""
     queue = crawls_queue()
-    for worker in worker_ids(crawl):
+    for worker in only if only is not None else worker_ids(crawl):
         try:
             job = Job.fetch(job_id(crawl.code, worker), connection=queue.connection, serializer=queue.serializer)
         except NoSuchJobError:
             continue
         if job.get_status() in ("queued", "deferred", "scheduled"):
             job.cancel()
+
+
+# -- Operating a running crawl: pause, resume, stop, cancel, scale ------------------------------
+
+ACTIONS = ("pause", "resume", "stop", "cancel")
+
+
+def control(crawl, action):
+    """Apply ``action`` to ``crawl``; raises InvalidTransition (the API's 409) when it cannot apply."""
+    from dashboard.models import InvalidTransition
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    redis = get_redis()
+    with transaction.atomic():
+        crawl = Crawl.objects.select_for_update().select_related("project").get(pk=crawl.pk)
+        refusal = refusal_reason(crawl, action)
+        if refusal:
+            raise InvalidTransition(refusal)
+        if action == "pause":
+            crawl.transition(Crawl.PAUSING)
+            state.set_control(redis, crawl.code, "pause")
+        elif action == "resume":
+            relaunch = crawl.status == Crawl.STOPPED
+            if relaunch and not redis.exists(keys.definition(crawl.code)):
+                # Redis lost the crawl (no append-only file?): start again from the seeds.
+                state.launch(redis, crawl.code, crawl.definition)
+                ensure_items_group(redis, crawl.code)
+            state.set_control(redis, crawl.code, "run")
+            crawl.transition(Crawl.RUNNING, reason="")
+            if relaunch:
+                ids = crawl.next_worker_ids(crawl.workers)
+                transaction.on_commit(lambda: enqueue_workers(crawl, ids))
+        elif action == "stop":
+            state.set_control(redis, crawl.code, "stop")
+            crawl.transition(Crawl.STOPPING)
+        elif action == "cancel":
+            state.set_control(redis, crawl.code, "stop")
+            cancel_waiting_jobs(crawl)
+            crawl.transition(Crawl.CANCELLED, reason="Cancelled by its owner.")
+    if action == "cancel":
+        purge(crawl)
+    return crawl
+
+
+def refusal_reason(crawl, action):
+    """Why ``action`` cannot apply to ``crawl`` now, or "" when it can."""
+    status = crawl.status
+    if action == "pause":
+        if status in (Crawl.PAUSING, Crawl.PAUSED):
+            return f"Crawl {crawl.code} is already {status}."
+        ok = status == Crawl.RUNNING
+    elif action == "resume":
+        if status == Crawl.RUNNING:
+            return f"Crawl {crawl.code} is already running."
+        ok = status in (Crawl.PAUSING, Crawl.PAUSED, Crawl.STOPPED)
+    elif action == "stop":
+        if status in (Crawl.STOPPING, Crawl.STOPPED):
+            return f"Crawl {crawl.code} is already {status}."
+        ok = status in (Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED)
+    else:  # cancel
+        ok = status in (Crawl.PAUSED, Crawl.STOPPED)
+        if not ok and status in (Crawl.RUNNING, Crawl.PAUSING):
+            return f"Crawl {crawl.code} is {status}: pause or stop it before cancelling."
+    if ok:
+        return ""
+    return f"Cannot {action} crawl {crawl.code}: it is {status}."
+
+
+def purge(crawl):
+    """Delete a cancelled crawl's Redis state, after moving any item left in its stream to the DB."""
+    from dashboard.conductor import Conductor
+
+    redis = get_redis()
+    Conductor(redis=redis).drain_all(crawl)
+    state.delete_crawl(redis, crawl.code)
+
+
+def live_workers(crawl, counters):
+    """Workers that are (or will be, once an RQ worker is free) working on the crawl."""
+    done = ("finished", "failed", "dead")
+    states = counters["workers"]
+    alive = {w for w, s in states.items() if s.get("state") not in done}
+    waiting = {w for w, s in job_statuses(crawl).items() if s in ("queued", "started") and w not in states}
+    return sorted(alive | waiting, key=lambda w: int(w[1:]) if w[1:].isdigit() else 0)
+
+
+def scale(crawl, workers):
+    """Run ``workers`` workers on a running or paused crawl: launch more, or retire the newest."""
+    from dashboard.models import InvalidTransition
+
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
+    if crawl.status not in (Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED):
+        raise InvalidTransition(f"Cannot scale crawl {crawl.code}: it is {crawl.status}.")
+    redis = get_redis()
+    current = live_workers(crawl, state.read_counters(redis, crawl.code))
+    if workers > len(current):
+        enqueue_workers(crawl, crawl.next_worker_ids(workers - len(current)))
+    elif workers < len(current):
+        retiring = current[workers:]
+        state.retire_workers(redis, crawl.code, retiring)
+        cancel_waiting_jobs(crawl, only=retiring)
+    crawl.workers = workers
+    crawl.save(update_fields=["workers"])
+    return crawl

@@ -9,10 +9,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from dashboard import engine
 from dashboard.forms import ProjectForm
 
+from dashboard import live
 from dashboard.health import health
 from dashboard import exports
 from dashboard import items as item_queries
-from dashboard.models import Crawl, Project
+from dashboard.models import Crawl, InvalidTransition, Project
 
 
 def _get_project_for_user(request, pk):
@@ -27,7 +28,7 @@ def _get_crawl_for_user(request, code):
 
 @require_GET
 def overview(request):
-    return render(request, "dashboard/overview.html", {"health": health()})
+    return render(request, "dashboard/overview.html", {"health": health(), **live.overview_page_context(request.user)})
 
 
 @require_GET
@@ -109,10 +110,27 @@ def project_launch(request, pk):
     return redirect(crawl)
 
 
+@require_POST
+def crawl_control(request, code, action):
+    """The crawl page's pause / resume / stop / cancel / scale buttons."""
+    crawl = _get_crawl_for_user(request, code)
+    try:
+        if action == "scale":
+            workers = request.POST.get("workers", "").strip()
+            if not workers.isdigit():
+                raise engine.LaunchError(f"Workers must be a whole number from 1 to 64, not “{workers}”.")
+            engine.scale(crawl, int(workers))
+        else:
+            engine.control(crawl, action)
+    except (InvalidTransition, engine.LaunchError) as exc:
+        messages.error(request, str(exc))
+    return redirect(crawl)
+
+
 @require_GET
 def crawl_detail(request, code):
     crawl = _get_crawl_for_user(request, code)
-    return render(request, "dashboard/crawl_detail.html", {"crawl": crawl})
+    return render(request, "dashboard/crawl_detail.html", {"crawl": crawl, **live.crawl_page_context(crawl)})
 
 
 @login_not_required
