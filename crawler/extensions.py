@@ -32,6 +32,7 @@ from twisted.internet import task
 from . import keys
 from .connection import get_redis
 from .middlewares import LeaseTracker
+from .queue import LEASE_META
 
 if TYPE_CHECKING:
     import redis
@@ -123,7 +124,9 @@ class Control:
             if self.worker:
                 pipe.sismember(keys.retired(self.code), self.worker)
             replies = pipe.execute()
-            value = replies[0] or "run"
+            # No control key: the crawl's Redis state was deleted (cancelled). Reading that as
+            # "run" would unpause the worker and keep it idling forever; leave instead.
+            value = replies[0] or "stop"
             if isinstance(value, bytes):
                 value = value.decode()
             if self.worker and replies[1]:
@@ -213,6 +216,8 @@ class WorkerStats:
         self.counts[name] = self.counts.get(name, 0) + n
 
     def response_received(self, response: Any, request: Any, spider: Any = None) -> None:
+        if LEASE_META not in request.meta:
+            return  # not a crawl page: robots.txt and other requests Scrapy makes by itself
         self._count("pages")
         self._count(f"status:{response.status}")
         if response.status >= 400:

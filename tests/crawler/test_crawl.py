@@ -191,3 +191,19 @@ def test_stop_keeps_queue_and_hands_back_leases(r, code, redis_url):
         _assert_no_leases(r, code)
     finally:
         site.stop()
+
+
+
+def test_pages_count_only_crawl_pages_not_robots_txt(r, code, redis_url):
+    """Each worker fetches robots.txt itself; that is not a page of the crawl."""
+    from demosite import start_site
+
+    site = start_site(profile="demo")  # no redirects, errors or retries: one page per request
+    try:
+        _launch(r, code, site, ROBOTSTXT_OBEY=True)
+        procs = [start_worker(redis_url, code, w) for w in ("w1", "w2")]
+        counters = conduct(r, code, procs)
+        assert [p for _h, p in site.requests].count("/robots.txt") == 2
+        assert counters["pages"] == int(r.hget(keys.stats(code), "popped")) == len(set(site.requests)) - 1
+    finally:
+        site.stop()

@@ -101,7 +101,7 @@ def test_crawl_stores_every_expected_item_exactly_once(owner, site, workers):
         conduct_until_done([crawl])
     finally:
         for proc in procs:
-            proc.wait(30)
+            proc.wait(90)
     assert crawl.status == Crawl.FINISHED, crawl.reason
     check_items_exactly_once(crawl, site)
     check_rules_respected(site)
@@ -120,7 +120,7 @@ def test_two_crawls_at_once_do_not_mix(owner, site):
             conduct_until_done([first, second])
         finally:
             for proc in procs:
-                proc.wait(30)
+                proc.wait(90)
         assert first.status == second.status == Crawl.FINISHED
         check_items_exactly_once(first, site)
         check_items_exactly_once(second, other_site)
