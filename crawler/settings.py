@@ -19,7 +19,10 @@ COMPONENTS: dict[str, Any] = {
     "SCHEDULER": "crawler.scheduler.RedisScheduler",
     "ITEM_PIPELINES": {"crawler.pipelines.RedisItemPipeline": 900},
     # outermost middlewares: they see the final outcome of each leased request
-    "DOWNLOADER_MIDDLEWARES": {"crawler.middlewares.LeaseDownloaderMiddleware": 1},
+    "DOWNLOADER_MIDDLEWARES": {
+        "crawler.middlewares.LeaseDownloaderMiddleware": 1,
+        "crawler.netguard.NetworkGuardMiddleware": 2,
+    },
     "SPIDER_MIDDLEWARES": {"crawler.middlewares.LeaseSpiderMiddleware": 1},
     "EXTENSIONS": {
         "crawler.extensions.WorkerStats": 100,

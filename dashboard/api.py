@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from crawler import state
 from crawler.definition import DefinitionError
-from dashboard import engine
+from dashboard import engine, live
 from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
 from dashboard.redis import get_redis
 
@@ -107,19 +107,15 @@ COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "in_flight")
 def crawl_numbers(crawl):
     """Live counters from Redis for an active crawl, the recorded ones once it ended."""
     counters = {name: crawl.stats.get(name, 0) for name in COUNTER_NAMES}
+    rates = {"pages_per_s": 0.0, "items_per_s": 0.0}  # an ended crawl crawls nothing now
     if crawl.is_active:
         try:
-            live = state.read_counters(get_redis(), crawl.code)
-            counters = {name: live[name] for name in COUNTER_NAMES}
+            redis = get_redis()
+            now = state.read_counters(redis, crawl.code)
+            counters = {name: now[name] for name in COUNTER_NAMES}
+            rates = live.rates(crawl.code, redis)  # measured by the conductor over a short window
         except RedisError:
             pass  # Redis away for a moment: the recorded numbers are the best we have
-    seconds = crawl.duration.total_seconds() if crawl.duration else 0
-    rates = {"pages_per_s": 0.0, "items_per_s": 0.0}
-    if seconds > 0:
-        rates = {
-            "pages_per_s": round(counters["pages"] / seconds, 2),
-            "items_per_s": round(counters["items"] / seconds, 2),
-        }
     return counters, rates
 
 

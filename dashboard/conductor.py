@@ -15,7 +15,7 @@ from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 
 from crawler import keys, leases, state
-from dashboard import engine
+from dashboard import engine, live
 from dashboard.models import Crawl, Item
 from dashboard.redis import get_redis
 
@@ -37,6 +37,8 @@ class Conductor:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.active = False
         self.idle_since = {}  # crawl code -> monotonic time its work ran out
+        self.live = live.Publisher(self.redis)
+        self.drained = {}  # crawl code -> (count, newest items) stored since its last live update
 
     def hold_lock(self):
         """Acquire or renew the lock; return whether this process is the active conductor."""
@@ -69,10 +71,27 @@ class Conductor:
                 raise
             except Exception:
                 log.exception("conductor: crawl %s", crawl.code)
+        try:
+            self.live.publish_overview()
+        except Exception:
+            log.exception("conductor: overview update")
+        self.sweep_cancelled()
         active = set(Crawl.objects.active().values_list("code", flat=True))
         for code in list(self.idle_since):
             if code not in active:
                 del self.idle_since[code]
+        self.live.forget(active)
+        for code in list(self.drained):
+            if code not in active:
+                del self.drained[code]
+
+    def sweep_cancelled(self):
+        """A worker still closing when its crawl was cancelled may write its last state after the
+        purge: delete such leftovers of recently cancelled crawls."""
+        since = timezone.now() - timezone.timedelta(minutes=2)
+        for code in Crawl.objects.filter(status=Crawl.CANCELLED, finished_at__gte=since).values_list("code", flat=True):
+            if self.redis.exists(keys.workers(code), keys.control(code)):
+                state.delete_crawl(self.redis, code)
 
     def watch(self, crawl):
         if crawl.status == Crawl.PENDING:
@@ -84,7 +103,20 @@ class Conductor:
             self.check_running(crawl, counters)
         elif crawl.status == Crawl.FINISHING:
             self.check_finishing(crawl, counters)
+        elif crawl.status == Crawl.PAUSING:
+            self.check_pausing(crawl, counters)
+        elif crawl.status == Crawl.STOPPING:
+            self.check_stopping(crawl, counters)
+        self.publish(crawl, counters)
         return counters
+
+    def publish(self, crawl, counters):
+        """One live update to the crawl's browsers (dashboard/live.py); never breaks the tick."""
+        count, items = self.drained.pop(crawl.code, (0, []))
+        try:
+            self.live.publish(crawl, counters, items, stored=count)
+        except Exception:
+            log.exception("conductor: live update of crawl %s", crawl.code)
 
     def drain_items(self, crawl):
         """Move items from the crawl's stream to the database: insert idempotently, then ack."""
@@ -117,6 +149,12 @@ class Conductor:
                 data=data, worker=fields.get("worker", "")[:64], created_at=now,
             ))
         Item.objects.bulk_create(items, ignore_conflicts=True, batch_size=500)
+        count, newest = self.drained.get(crawl.code, (0, []))
+        newest = newest + [
+            {"id": _id, "key": item.key, "url": item.url, "worker": item.worker, "data": item.data}
+            for (_id, _fields), item in zip([m for m in messages if m[1]], items)
+        ]
+        self.drained[crawl.code] = (count + len(items), newest[-live.ITEMS_PER_UPDATE:])
         ids = [message_id for message_id, _fields in messages]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(stream, engine.ITEMS_GROUP, *ids)
@@ -160,27 +198,56 @@ class Conductor:
 
     def check_finishing(self, crawl, counters):
         """Finished once no worker is left working and every item is in the database."""
-        workers = counters["workers"]
-        statuses = engine.job_statuses(crawl)
-        working = [
-            w for w, s in workers.items() if s.get("state") not in DONE_STATES
-        ] + [w for w, s in statuses.items() if s == "started" and w not in workers]
-        if working:
+        if self.working_workers(crawl, counters):
             return
-        while self.drain_items(crawl):
-            pass
+        self.drain_all(crawl)
         crawl.finish(Crawl.FINISHED, stats=final_stats(crawl, counters))
 
     def fail_without_workers(self, crawl, workers):
+        """Every worker is gone with work left (killed, crashed, or `make run` was stopped).
+
+        The queue and dedupe are intact, so the crawl becomes ``stopped``: resuming it launches
+        workers again and it carries on where it was.
+        """
         messages = sorted({w.get("message") or w.get("state") for w in workers.values()} - {None})
-        while self.drain_items(crawl):
-            pass
+        crawl.transition(Crawl.STOPPING)
+        self.drain_all(crawl)
         counters = state.read_counters(self.redis, crawl.code)
         crawl.finish(
-            Crawl.FAILED,
+            Crawl.STOPPED,
             stats=final_stats(crawl, counters),
-            reason="Every worker stopped before the crawl was done: " + "; ".join(messages),
+            reason="Every worker stopped before the crawl was done (" + "; ".join(messages) + "). Resume to continue.",
         )
+
+    def working_workers(self, crawl, counters):
+        """Workers still doing something, including jobs an RQ worker has started but not reported."""
+        workers = counters["workers"]
+        statuses = engine.job_statuses(crawl)
+        return [w for w, s in workers.items() if s.get("state") not in DONE_STATES] + [
+            w for w, s in statuses.items() if s == "started" and w not in workers
+        ]
+
+    def check_pausing(self, crawl, counters):
+        """Paused once no live worker has anything in flight."""
+        busy = [
+            w for w, s in counters["workers"].items()
+            if s.get("state") not in DONE_STATES and s.get("state") != "paused"
+        ]
+        if not busy and counters["in_flight"] == 0:
+            crawl.transition(Crawl.PAUSED)
+
+    def check_stopping(self, crawl, counters):
+        """Stopped once every worker has drained and left; queue and dedupe stay for a resume."""
+        if self.working_workers(crawl, counters):
+            return
+        engine.cancel_waiting_jobs(crawl)
+        self.drain_all(crawl)
+        counters = state.read_counters(self.redis, crawl.code)
+        crawl.finish(Crawl.STOPPED, stats=final_stats(crawl, counters))
+
+    def drain_all(self, crawl):
+        while self.drain_items(crawl):
+            pass
 
     def run(self, should_stop, max_ticks=None):
         ticks = 0

@@ -203,6 +203,8 @@ class Item(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["crawl", "key"], name="unique_item_key_per_crawl")]
+        # Keyset pages, exports and the export snapshot's MAX(id) are range scans on this.
+        indexes = [models.Index(fields=["crawl", "id"], name="item_crawl_id_idx")]
 
     def __str__(self):
         return self.key

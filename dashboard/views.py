@@ -127,10 +127,28 @@ def crawl_control(request, code, action):
     return redirect(crawl)
 
 
+def crawl_controls(crawl):
+    """The control buttons of a crawl, each with the statuses it applies in and why not now."""
+    buttons = [
+        ("pause", "Pause", "", [Crawl.RUNNING]),
+        ("resume", "Resume", "btn-primary", [Crawl.PAUSING, Crawl.PAUSED, Crawl.STOPPED]),
+        ("stop", "Stop", "", [Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED]),
+        ("cancel", "Cancel", "btn-danger", [Crawl.PAUSED, Crawl.STOPPED]),
+    ]
+    return [
+        {"action": action, "label": label, "style": style, "allowed": allowed,
+         "refusal": engine.refusal_reason(crawl, action)}
+        for action, label, style, allowed in buttons
+    ]
+
+
 @require_GET
 def crawl_detail(request, code):
     crawl = _get_crawl_for_user(request, code)
-    return render(request, "dashboard/crawl_detail.html", {"crawl": crawl, **live.crawl_page_context(crawl)})
+    context = {"crawl": crawl, "controls": crawl_controls(crawl), **live.crawl_page_context(crawl)}
+    if crawl.status not in (Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED):
+        context["scale_refusal"] = f"Only a running or paused crawl can be scaled; this one is {crawl.status}."
+    return render(request, "dashboard/crawl_detail.html", context)
 
 
 @login_not_required
