@@ -3,19 +3,28 @@
     .venv/bin/python -m bench.control_bench [--pauses 3] [--kills 3] [--no-write]
 
 One run starts ONE demosite site (this process; every HTML page takes 200 ms) and ONE private
-embedded Redis, then:
+embedded Redis; every crawl below uses the same spider, definition and settings
+(CONCURRENT_REQUESTS 16 per worker, 2 workers):
 
-1. pause/resume: a Crawlsite crawl on 2 workers (``python -m crawler run``, CONCURRENT_REQUESTS 4
-   each); mid-crawl the control key is set to ``pause`` (what the pause button does) and the time
-   until every worker reports ``paused`` with nothing in flight is measured (what the conductor
-   waits for before showing ``paused``); then ``run``, and the time until the site receives the
-   next request. Repeated ``--pauses`` times in the crawl, which must then store every expected
-   item exactly once.
-2. SIGKILL: the same crawl on 2 workers, one killed with SIGKILL once 40 pages were fetched, the
-   other carries on. Crawlsite with a minimal conductor loop (``leases.reap`` every 100 ms,
-   heartbeat TTL 2 s); scrapy-redis 0.9.1 (bench/_scrapy_redis_worker.py, same spider, same
-   settings). Requests lost per kill = pages a full crawl fetches (the pause/resume crawl's
-   pages) never requested in the kill run. Items lost = expected items not stored.
+1. pause/resume: a Crawlsite crawl (``python -m crawler run``); mid-crawl the control key is set to
+   ``pause`` (what the pause button does) and the time until every worker reports ``paused`` with
+   nothing in flight is measured (what the conductor waits for before showing ``paused``); then
+   ``run``, and the time until the site receives the next request. Repeated ``--pauses`` times in
+   the crawl, which must then store every expected item exactly once. Its processed pages are the
+   site's ground truth (checked to hold every expected item's page).
+2. SIGKILL, ``--kills`` times, alternating Crawlsite and scrapy-redis 0.9.1
+   (bench/_scrapy_redis_worker.py): 2 workers; once 40 pages were processed and worker 1 has its
+   16 requests in flight, worker 1 gets SIGKILL; worker 2 carries on until the crawl is complete
+   (Crawlsite: a minimal conductor loop, ``leases.reap`` every 100 ms, heartbeat TTL 2 s;
+   scrapy-redis: until its queue is empty and worker 2 has been idle for 1.5 s).
+
+   A page counts as processed when a worker's callback output for it was fully consumed
+   (bench/_control_probe.py, the same spider middleware on both sides, counts processed responses
+   per URL in Redis). Requests lost per kill = pages of the ground truth that no worker ever
+   processed. Of those, "taken by the killed worker" = the requests it held at the kill (the
+   probe's in-flight list: downloader + scraper, every 20 ms; for Crawlsite also its leases).
+   scrapy-redis drops them and keeps their fingerprints, so they are never retried, and the
+   links they would have added are never followed either.
 """
 
 from __future__ import annotations
@@ -37,8 +46,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Pause, resume and SIGKILL (issue 5)"
 DELAY_MS = 200
-PER_WORKER = 4
+PER_WORKER = 16
 HEARTBEAT_TTL = 2.0
+KILL_AFTER_PAGES = 40
+PROFILE = dict(categories=10, products_per_category=50, per_page=10, traps=False)
+PROBE_MW = "bench._control_probe.ProcessedProbe"
+PROBE_EXT = "bench._control_probe.InFlightProbe"
 
 
 def env(**extra) -> dict:
@@ -57,17 +70,59 @@ def pages(site) -> list[str]:
     return [path for _host, path in site.requests if path != "/robots.txt"]
 
 
+def probe_settings(redis_url, prefix, worker) -> list[str]:
+    """``-s`` options adding the bench probes to a Crawlsite worker (its own components kept)."""
+    from crawler.settings import COMPONENTS
+
+    mw = {**COMPONENTS["SPIDER_MIDDLEWARES"], PROBE_MW: 2}
+    ext = {**COMPONENTS["EXTENSIONS"], PROBE_EXT: 0}
+    return ["-s", f"SPIDER_MIDDLEWARES={json.dumps(mw)}", "-s", f"EXTENSIONS={json.dumps(ext)}",
+            "-s", f"BENCH_PROBE_REDIS={redis_url}", "-s", f"BENCH_PROBE_KEY={prefix}",
+            "-s", f"BENCH_PROBE_WORKER={worker}"]
+
+
 def start_worker(redis_url, code, worker):
-    return subprocess.Popen(
+    return track(subprocess.Popen(
         [sys.executable, "-m", "crawler", "run", code, "--worker", worker, "--redis-url", redis_url,
-         "-s", "LOG_LEVEL=WARNING"],
+         "-s", "LOG_LEVEL=WARNING", *probe_settings(redis_url, probe_prefix(code), worker)],
         cwd=ROOT, env=env(CRAWLSITE_HEARTBEAT_TTL=str(HEARTBEAT_TTL)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+def track(proc):
+    STARTED.append(proc)
+    return proc
+
+
+def probe_prefix(code):
+    return f"probe:{code}"
+
+
+def processed(r, prefix) -> dict[str, int]:
+    """URL -> responses fully processed by any worker (robots.txt excluded)."""
+    return {u: int(n) for u, n in r.hgetall(f"{prefix}:processed").items() if not u.endswith("/robots.txt")}
+
+
+def in_flight(r, prefix, worker) -> list[str]:
+    raw = r.hget(f"{prefix}:inflight", worker)
+    return json.loads(raw) if raw else []
+
+
+def drop_probe(r, prefix):
+    r.delete(f"{prefix}:processed", f"{prefix}:inflight")
 
 
 def workers_state(r, code):
     from crawler import keys
     return {w: json.loads(v) for w, v in r.hgetall(keys.workers(code)).items()}
+
+
+def wait_started(r, code, count=2):
+    wait(lambda: sum(1 for w in workers_state(r, code).values() if w["state"] in ("running", "idle")) == count,
+         60, f"{count} workers")
+
+
+STARTED: list[subprocess.Popen] = []  # every worker process of the run: killed if the bench fails
 
 
 def wait(predicate, timeout, what, step=0.005):
@@ -128,10 +183,10 @@ def bench_pause(r, redis_url, site, definition, expected, n_pauses):
     site.clear_requests()
     state.launch(r, code, definition)
     procs = [start_worker(redis_url, code, f"w{k}") for k in (1, 2)]
-    wait(lambda: sum(1 for w in workers_state(r, code).values() if w["state"] == "running") == 2, 60, "2 workers")
+    wait_started(r, code)
     to_paused, to_next, in_flight_at_pause = [], [], []
     for i in range(n_pauses):
-        wait(lambda: len(pages(site)) >= 20 + 40 * i, 60, "pages")
+        wait(lambda: len(pages(site)) >= 40 + 120 * i, 60, "pages")
         in_flight_at_pause.append(sum(w.get("in_flight", 0) for w in workers_state(r, code).values()))
         t0 = time.monotonic()
         state.set_control(r, code, "pause")
@@ -146,37 +201,65 @@ def bench_pause(r, redis_url, site, definition, expected, n_pauses):
         to_next.append(time.monotonic() - t1)
     conduct_to_end(r, code, procs)
     check_exactly_once(stored_items(r, code), expected, "pause/resume crawl")
-    reference = set(pages(site))
+    reference = set(processed(r, probe_prefix(code)))
+    missing = {e["url"] for e in expected} - reference
+    if missing:
+        raise AssertionError(f"the probe missed {len(missing)} product pages of the reference crawl")
     state.delete_crawl(r, code)
+    drop_probe(r, probe_prefix(code))
     return {"to_paused": to_paused, "to_next": to_next, "in_flight": in_flight_at_pause}, reference
 
 
 # -- 2. SIGKILL ----------------------------------------------------------------------------------
-def kill_at(site, proc, after_pages):
-    wait(lambda: len(pages(site)) >= after_pages, 60, "pages before the kill", step=0.002)
-    n_before = len(site.requests)
+def kill_at(r, prefix, proc, worker, timeout=20):
+    """SIGKILL ``proc`` once KILL_AFTER_PAGES pages were processed and it has PER_WORKER requests in
+    flight (or, after ``timeout`` s, at its next moment with the most it had). Returns what it held."""
+    wait(lambda: sum(processed(r, prefix).values()) >= KILL_AFTER_PAGES, 60, "pages before the kill",
+         step=0.002)
+    deadline = time.monotonic() + timeout
+    best = 0
+    while True:
+        held = in_flight(r, prefix, worker)
+        if len(held) >= PER_WORKER or (time.monotonic() > deadline and len(held) >= max(best, 1)):
+            break
+        best = max(best, len(held))
+        time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    return n_before
+    return set(held)
+
+
+def kill_result(r, prefix, reference, expected, urls, taken):
+    done = processed(r, prefix)
+    never = reference - set(done)
+    return {"in_flight_at_kill": len(taken),
+            "requests_lost": len(never),
+            "lost_taken_by_killed": len(taken & never),
+            "processed_twice": sum(1 for n in done.values() if n > 1),
+            "items_lost": len({e["url"] for e in expected} - set(urls)),
+            "duplicates": len(urls) - len(set(urls)),
+            "pages_processed": len(done)}
 
 
 def bench_kill_crawlsite(r, redis_url, site, definition, expected, reference, i):
     from crawler import keys, state
 
     code = "k" + uuid.uuid4().hex[:10]
+    prefix = probe_prefix(code)
     site.clear_requests()
     state.launch(r, code, definition)
     procs = [start_worker(redis_url, code, f"w{k}") for k in (1, 2)]
-    wait(lambda: sum(1 for w in workers_state(r, code).values() if w["state"] == "running") == 2, 60, "2 workers")
-    kill_at(site, procs[0], 40)
-    held = r.hlen(keys.leases(code, "w1"))
+    wait_started(r, code)
+    leases_key = keys.leases(code, "w1")
+    taken = kill_at(r, prefix, procs[0], "w1")
+    leased = {json.loads(v)["url"] for v in r.hvals(leases_key)}
     conduct_to_end(r, code, procs[1:])
-    items = stored_items(r, code)
-    urls = [d["url"] for _k, d in items]
-    result = {"items_lost": len({e["url"] for e in expected} - set(urls)),
-              "duplicates": len(urls) - len(set(urls)),
-              "requests_lost": len(reference - set(pages(site))), "leases_at_kill": held}
+    urls = [d["url"] for _k, d in stored_items(r, code)]
+    result = kill_result(r, prefix, reference, expected, urls, taken | leased)
+    result["in_flight_at_kill"] = len(taken)
+    result["leases_at_kill"] = len(leased)
     state.delete_crawl(r, code)
+    drop_probe(r, prefix)
     return result
 
 
@@ -185,19 +268,46 @@ def bench_kill_scrapy_redis(r, redis_url, site, definition, expected, reference,
     deff = tmp / "definition.json"
     deff.write_text(json.dumps(definition))
     site.clear_requests()
-    procs = [subprocess.Popen([sys.executable, "-m", "bench._scrapy_redis_worker", str(deff), redis_url, prefix],
-                              cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in (1, 2)]
-    kill_at(site, procs[0], 40)
-    procs[1].wait(180)
+    procs = [track(subprocess.Popen([sys.executable, "-m", "bench._scrapy_redis_worker", str(deff), redis_url,
+                                     prefix, f"w{k}"],
+                                    cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             for k in (1, 2)]
+    taken = kill_at(r, prefix, procs[0], "w1")
+    # The survivor carries on; the crawl is over once the queue is empty and it has been idle a while
+    # (nobody else can add requests). Then it is shut down cleanly (SIGTERM).
+    survivor = procs[1]
+    quiet, last = None, None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and survivor.poll() is None:
+        now = (r.zcard(f"{prefix}:requests"), len(in_flight(r, prefix, "w2")), sum(processed(r, prefix).values()))
+        if now[0] == 0 and now[1] == 0 and now == last:
+            quiet = quiet or time.monotonic()
+            if time.monotonic() - quiet >= 1.5:
+                break
+        else:
+            quiet = None
+        last = now
+        time.sleep(0.1)
+    else:
+        if survivor.poll() is None:
+            raise RuntimeError(f"scrapy-redis crawl {prefix} did not end")
+    if survivor.poll() is None:
+        survivor.send_signal(signal.SIGTERM)
+    survivor.wait(60)
     urls = [json.loads(x)["url"] for x in r.lrange(f"{prefix}:items", 0, -1)]
-    result = {"items_lost": len({e["url"] for e in expected} - set(urls)),
-              "duplicates": len(urls) - len(set(urls)),
-              "requests_lost": len(reference - set(pages(site))),
-              "left_in_queue": r.zcard(f"{prefix}:requests")}
+    result = kill_result(r, prefix, reference, expected, urls, taken)
+    result["left_in_queue"] = r.zcard(f"{prefix}:requests")
     for key in r.scan_iter(match=f"{prefix}:*"):
         r.delete(key)
     return result
+
+
+def _each(runs, field):
+    return ", ".join(str(x[field]) for x in runs)
+
+
+def _mean(runs, field):
+    return statistics.mean(x[field] for x in runs)
 
 
 def render(res, command) -> str:
@@ -205,30 +315,44 @@ def render(res, command) -> str:
     p = res["pause"]
     lines = [SECTION, "",
              f"`{command}` on {m}; site: {res['site']}, every HTML page takes {DELAY_MS} ms; "
-             f"2 workers, CONCURRENT_REQUESTS {PER_WORKER} each; embedded redis-server.", "",
-             "| measure | runs | median | max |", "|---|---|---|---|"]
+             f"2 workers, CONCURRENT_REQUESTS {PER_WORKER} each, same spider, definition and settings on "
+             "both sides; embedded redis-server; one site and one Redis for the whole run.", "",
+             "| measure | runs | each | median | max |", "|---|---|---|---|---|"]
     for label, values in (("pause -> every worker paused, nothing in flight (s)", p["to_paused"]),
-                          ("resume -> next page requested (s)", p["to_next"]),
-                          ("requests in flight when pause was set", p["in_flight"])):
-        lines.append(f"| {label} | {len(values)} | {statistics.median(values):.3f} | {max(values):.3f} |")
-    lines += ["", "| SIGKILL of 1 of 2 workers after 40 pages | kills | requests lost per kill (each) | "
-              "items lost (each) | items stored twice |", "|---|---|---|---|---|"]
+                          ("resume -> next page requested (s)", p["to_next"])):
+        each = ", ".join(f"{v:.3f}" for v in values)
+        lines.append(f"| {label} | {len(values)} | {each} | {statistics.median(values):.3f} | {max(values):.3f} |")
+    lines.append(f"| requests in flight when pause was set | {len(p['in_flight'])} | "
+                 f"{', '.join(str(v) for v in p['in_flight'])} | {statistics.median(p['in_flight'])} | "
+                 f"{max(p['in_flight'])} |")
+    lines += ["", f"SIGKILL of worker 1 of 2 once {KILL_AFTER_PAGES} pages were processed and it held "
+              f"{PER_WORKER} requests; worker 2 finishes the crawl.", "",
+              "| | kills | requests lost per kill: mean (each run) | of which taken by the killed worker (each) | "
+              "killed worker's requests in flight at the kill (each) | items lost (each) | "
+              "pages processed twice (each) | items stored twice |",
+              "|---|---|---|---|---|---|---|---|"]
     for name in ("crawlsite", "scrapy-redis 0.9.1"):
         runs = res["kills"][name]
-        lines.append(f"| {name} | {len(runs)} | {', '.join(str(x['requests_lost']) for x in runs)} | "
-                     f"{', '.join(str(x['items_lost']) for x in runs)} | {sum(x['duplicates'] for x in runs)} |")
+        lines.append(f"| {name} | {len(runs)} | **{_mean(runs, 'requests_lost'):.1f}** ({_each(runs, 'requests_lost')}) | "
+                     f"{_each(runs, 'lost_taken_by_killed')} | {_each(runs, 'in_flight_at_kill')} | "
+                     f"{_each(runs, 'items_lost')} | {_each(runs, 'processed_twice')} | "
+                     f"{sum(x['duplicates'] for x in runs)} |")
+    cs = res["kills"]["crawlsite"]
     lines += ["",
               f"- Pause waits for the downloads in flight (each takes {DELAY_MS} ms) to finish: its time is "
               "one page plus at most one control poll (250 ms) and one stats write (250 ms). The dashboard "
               "shows `paused` at the conductor's next tick after that.",
               "- Resume: the workers read the control key every 250 ms and wake the scheduler at once.",
-              f"- Crawlsite: the killed worker's leases ({', '.join(str(x.get('leases_at_kill')) for x in res['kills']['crawlsite'])} "
-              f"at the kill) went back to the queue once its heartbeat expired ({HEARTBEAT_TTL} s TTL here, "
-              "10 s by default) and the other worker fetched them. scrapy-redis pops requests out of Redis "
-              "for good: whatever the killed process had popped (in the downloader, or responses not yet "
-              "parsed, and so the links they would have added) is never crawled.",
-              "- Requests lost = pages of a full crawl of the site (the pause/resume crawl, which stored "
-              "every item) never requested after the kill run ended."]
+              f"- A request is lost when no worker ever processes its page (callback output fully consumed, "
+              f"counted per URL by bench/_control_probe.py on both sides): pages of the site's ground truth "
+              f"({res['reference']} pages: those the pause/resume crawl processed, which stored every item) "
+              "that no worker processed by the end of the kill run. For scrapy-redis this is the requests "
+              "the killed worker had popped (dropped with it; their fingerprints stay in the dupefilter, so "
+              "they are never retried) plus the pages only they linked to.",
+              f"- Crawlsite: the killed worker's leases ({_each(cs, 'leases_at_kill')} at the kill) went back "
+              f"to the queue once its heartbeat expired ({HEARTBEAT_TTL} s TTL here, 10 s by default) and the "
+              "other worker processed them; \"pages processed twice\" are those the killed worker had "
+              "processed but not yet acknowledged (items are keyed, so they are not stored twice)."]
     return "\n".join(lines) + "\n"
 
 
@@ -255,7 +379,7 @@ def main(argv=None) -> int:
     from demosite.catalog import Profile
     from launcher.redis import EmbeddedRedis
 
-    profile = Profile("control-bench", categories=8, products_per_category=30, per_page=10, traps=False)
+    profile = Profile("control-bench", **PROFILE)
     tmp = Path(tempfile.mkdtemp(prefix="control-bench-"))
     server = EmbeddedRedis(tmp / "redis").start()
     site = start_site(profile=profile, delay_ms=DELAY_MS)
@@ -263,6 +387,7 @@ def main(argv=None) -> int:
         r = redislib.Redis.from_url(server.url, decode_responses=True)
         definition = definition_for(site)
         expected = site.expected_items()
+        started = time.monotonic()
         pause, reference = bench_pause(r, server.url, site, definition, expected, args.pauses)
         print("pause", pause, "reference pages", len(reference), flush=True)
         kills = {"crawlsite": [], "scrapy-redis 0.9.1": []}
@@ -271,7 +396,8 @@ def main(argv=None) -> int:
             kills["scrapy-redis 0.9.1"].append(
                 bench_kill_scrapy_redis(r, server.url, site, definition, expected, reference, tmp, i))
             print("kill", i, kills["crawlsite"][-1], kills["scrapy-redis 0.9.1"][-1], flush=True)
-        res = {"pause": pause, "kills": kills,
+        print(f"bench took {time.monotonic() - started:.0f} s", flush=True)
+        res = {"pause": pause, "kills": kills, "reference": len(reference),
                "site": f"{len(expected)} products, {len(reference)} pages",
                "machine": f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
                           f"Python {platform.python_version()}"}
@@ -280,6 +406,10 @@ def main(argv=None) -> int:
         if not args.no_write:
             write_section(ROOT / "bench" / "RESULTS.md", text)
     finally:
+        for proc in STARTED:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
         site.stop()
         server.stop()
     return 0

@@ -19,9 +19,9 @@ log2(B) = 12 bits that choose its bucket, i.e. 76 bits. Two distinct URLs collid
 would wrongly count as a duplicate) with probability about n**2 / 2**77: 6.6e-12 at one million
 URLs, 6.6e-8 at 100 million. Accepted.
 
-The enqueue script takes a batch of requests: for each, SADD of its fingerprint (skipped for
-``dont_filter`` requests), and when it is new, ZADD to the queue with the next sequence number,
-counting ``stats.seen``, ``stats.enqueued`` and ``stats.duplicates`` in the same step.
+The enqueue script (``scripts.ENQUEUE``) takes a batch of requests: for each, SADD of its
+fingerprint (skipped for ``dont_filter`` requests), and when it is new, ZADD to the queue with the
+next sequence number, counting ``stats.seen``, ``stats.enqueued`` and ``stats.duplicates`` in the same step.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Iterable
 
-from . import keys
+from . import keys, scripts
 
 if TYPE_CHECKING:
     import redis
@@ -38,37 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = 4096
 DEFAULT_CACHE_SIZE = 200_000
-
-# KEYS: queue, stats, bucket keys...
-# ARGV: local_duplicates, then per request 4 values: bucket key index (0 = dont_filter),
-#       fingerprint as a decimal int64, priority, request JSON (starting with '{')
-# -> one flag per request: 1 enqueued, 0 duplicate
-ENQUEUE_SCRIPT = """
-local out = {}
-local seen, enq, dup = 0, 0, tonumber(ARGV[1])
-for i = 2, #ARGV, 4 do
-  local b = tonumber(ARGV[i])
-  local fresh = 1
-  if b > 0 then
-    fresh = redis.call('SADD', KEYS[b], ARGV[i + 1])
-    seen = seen + fresh
-  end
-  if fresh == 1 then
-    local seq = redis.call('HINCRBY', KEYS[2], 'enqueued', 1)
-    local score = -tonumber(ARGV[i + 2]) * 4294967296 + seq
-    local member = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i + 3], 2)
-    redis.call('ZADD', KEYS[1], string.format('%.0f', score), member)
-    enq = enq + 1
-  else
-    dup = dup + 1
-  end
-  out[#out + 1] = fresh
-end
-if seen > 0 then redis.call('HINCRBY', KEYS[2], 'seen', seen) end
-if dup > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', dup) end
-return out
-"""
-
 
 def fingerprint_parts(fp: bytes, buckets: int) -> tuple[int, int]:
     """``(bucket, value)`` of a 20-byte fingerprint: value is its first 8 bytes as a signed int64."""
@@ -91,7 +60,6 @@ class RedisDupeFilter:
         self.buckets = int(redis.hget(self.stats_key, "seen_buckets"))
         self.cache_size = cache_size
         self._known: set[int] = set()  # (bucket << 64 | value) already seen crawl-wide
-        self._script = redis.register_script(ENQUEUE_SCRIPT)
         self.local_duplicates = 0
         self._unreported = 0
 
@@ -112,23 +80,30 @@ class RedisDupeFilter:
         self.local_duplicates += 1
         self._unreported += 1
 
-    def enqueue(self, entries: Iterable[tuple[bytes | None, int, str]], pipe=None) -> list[bool] | None:
+    def enqueue(self, entries: Iterable[tuple[bytes | None, int, str]]) -> list[bool]:
         """Enqueue ``(fingerprint or None for dont_filter, priority, request JSON)`` entries.
 
-        Returns one flag per entry (True = enqueued, False = duplicate); or, when ``pipe`` is given
-        and the script was queued on it, None (its result, one flag per entry sent to Redis,
-        comes with the pipeline's results).
+        Returns one flag per entry (True = enqueued, False = duplicate).
         """
+        call, local = self.enqueue_call(entries)
+        if call is None:
+            return local
+        flags = iter(scripts.run(self.redis, [call])[0])
+        return [bool(int(next(flags))) if flag is None else flag for flag in local]
+
+    def enqueue_call(self, entries: Iterable[tuple[bytes | None, int, str]]
+                     ) -> tuple[scripts.Call | None, list[bool | None]]:
+        """The script call enqueueing ``entries`` (None if the local cache answered for all of
+        them), and one flag per entry: False = known duplicate, None = Redis decides (the call
+        returns one flag, 1 = enqueued, per such entry, in order)."""
         args: list = [0]
         bucket_keys: dict[int, int] = {}
         kv: list[str] = [self.queue_key, self.stats_key]
         local: list[bool | None] = []
-        pending: list[int] = []
         for fp, priority, data in entries:
             if fp is None:
                 args += [0, 0, int(priority), data]
                 local.append(None)
-                pending.append(-1)
                 continue
             bucket, value = fingerprint_parts(fp, self.buckets)
             ck = self._cache_key(bucket, value)
@@ -141,16 +116,11 @@ class RedisDupeFilter:
                 bucket_keys[bucket] = len(kv)
             args += [bucket_keys[bucket], value, int(priority), data]
             local.append(None)
-            pending.append(ck)
             self._remember(ck)  # whatever Redis answers, it is seen from now on
         self.local_duplicates += args[0]
         if len(args) == 1:  # nothing for Redis: report local duplicates with the next batch
             self._unreported += args[0]
-            return local
+            return None, local
         args[0] += self._unreported
         self._unreported = 0
-        result = self._script(keys=kv, args=args, client=pipe)
-        if pipe is not None:
-            return None
-        flags = iter(result)
-        return [bool(int(next(flags))) if flag is None else flag for flag in local]
+        return scripts.ENQUEUE.call(kv, args), local

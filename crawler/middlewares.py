@@ -5,8 +5,9 @@ only once everything it produced is in Redis:
 
 * a response: when the callback's output is exhausted (seen by :class:`LeaseSpiderMiddleware`,
   the outermost spider middleware), every request it yielded has been handed to the scheduler
-  (``request_scheduled`` signal) and every item it yielded left the item pipelines
-  (``item_scraped`` / ``item_dropped`` / ``item_error``, which carry the response);
+  (``request_scheduled`` signal) and every item it yielded was buffered for Redis by
+  :class:`crawler.pipelines.RedisItemPipeline` (:meth:`LeaseTracker.item_stored`) or left the item
+  pipelines otherwise (``item_scraped`` / ``item_dropped`` / ``item_error``);
 * a download error or IgnoreRequest without an errback (seen by :class:`LeaseDownloaderMiddleware`,
   the outermost downloader middleware): at once, nothing else comes of it;
 * a redirect or retry (a downloader middleware returned a new request, which carries the lease in
@@ -14,8 +15,9 @@ only once everything it produced is in Redis:
 * anything else (an errback, an exception in a middleware): when the worker is idle, i.e. when the
   downloader and the scraper have nothing in progress, every lease still held is finished.
 
-Releases are batched by the scheduler with its pending enqueues, in one pipelined round trip,
-enqueues first.
+Releases are batched by the scheduler with its pending enqueues and the pipeline's buffered items,
+in one pipelined round trip, releases last: a request or an item buffered (not yet written) is
+therefore as good as in Redis for the lease it belongs to.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class LeaseTracker:
         self.by_response: dict[Any, Lease] = {}
         self.children: dict[Request, Lease] = {}
         self.item_keys: dict[int, str] = {}
+        self.item_leases: dict[int, Lease | None] = {}  # yielded items -> lease (None: counted)
 
     @classmethod
     def for_crawler(cls, crawler: Crawler) -> LeaseTracker:
@@ -96,6 +99,7 @@ class LeaseTracker:
                 del self.by_response[response]
         for item_id in lease.item_ids:
             self.item_keys.pop(item_id, None)
+            self.item_leases.pop(item_id, None)
         for child, owner in list(self.children.items()) if lease.pending > 0 else ():
             if owner is lease:
                 del self.children[child]
@@ -104,6 +108,12 @@ class LeaseTracker:
     def _maybe_done(self, lease: Lease) -> None:
         if lease.callback_done and lease.pending <= 0:
             self.done(lease)
+
+    def forget(self, request: Request) -> None:
+        """Stop tracking a request that was leased but never started (it goes back to the queue)."""
+        lease = self.by_request.pop(request, None)
+        if lease is not None:
+            self.leases.pop(lease.id, None)
 
     def finish_all(self) -> int:
         """Every lease is finished (the worker is idle): release them all."""
@@ -134,9 +144,23 @@ class LeaseTracker:
         if lease is not None and lease.request is not request and lease.state == "download":
             self.done(lease)  # a redirect or a retry replaces the leased request
 
+    def item_stored(self, item: Any) -> None:
+        """The item is buffered for Redis, to be written before any lease released after this."""
+        lease = self.item_leases.get(id(item))
+        if lease is not None:
+            self.item_leases[id(item)] = None  # counted: its item signal only forgets it
+            self._item_handled(lease)
+
     def item_finished(self, item: Any = None, response: Any = None, **kwargs: Any) -> None:
-        lease = self.by_response.get(response) if response is not None else None
-        if lease is not None and lease.state != "done":
+        if id(item) in self.item_leases:
+            lease = self.item_leases.pop(id(item))
+        else:  # e.g. an item replaced by an earlier pipeline: its response tells the lease
+            lease = self.by_response.get(response) if response is not None else None
+        if lease is not None:
+            self._item_handled(lease)
+
+    def _item_handled(self, lease: Lease) -> None:
+        if lease.state != "done":
             lease.pending -= 1
             self._maybe_done(lease)
 
@@ -159,6 +183,7 @@ class LeaseTracker:
                     key = f"{lease.fingerprint}:{lease.next_index}"
                     lease.next_index += 1
                     self.item_keys[id(out)] = key
+                    self.item_leases[id(out)] = lease
                     lease.item_ids.append(id(out))
                     lease.pending += 1
                 yield out

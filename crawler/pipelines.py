@@ -1,9 +1,16 @@
-"""Item pipeline: each item goes to the crawl's ``items`` stream, with a stable key.
+"""Item pipeline: items go to the crawl's ``items`` stream, with a stable key, in batches.
 
 The key is ``<fingerprint of the source request, hex>:<index of the item in its response>``, so a
 page crawled twice (after a worker was killed) yields the same keys and the dashboard stores its
-items once. ``limits.max_items`` holds exactly across workers: the counter check and the XADD
-are one Lua step; an item over the limit raises DropItem (and sets ``stats['limit:max_items']``).
+items once.
+
+Items are buffered and written by one Lua call per batch (``scripts.ADD_ITEMS``), in the
+scheduler's round trip (:meth:`crawler.scheduler.RedisScheduler.flush`): requests enqueued, then
+items, then lease releases, so a lease is never released before its items are in Redis. The item
+is handed to the lease tracker as soon as it is buffered (the write that carries it comes before
+any release), and ``process_item`` returns once it is written. ``limits.max_items`` holds exactly
+across workers: the counter check and the XADDs are one Lua step; an item over the limit is not
+written and raises DropItem (and sets ``stats['limit:max_items']``).
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from scrapy.exceptions import DropItem, NotConfigured
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.defer import Deferred
 
-from . import keys
+from . import keys, scripts
 from .connection import get_redis
 from .middlewares import LeaseTracker
 
@@ -26,30 +35,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# KEYS: stats, items   ARGV: max_items, key, url, worker, data -> stream id | false (limit)
-ADD_ITEM_SCRIPT = """
-local max_items = tonumber(ARGV[1])
-if max_items > 0 and tonumber(redis.call('HGET', KEYS[1], 'items') or '0') >= max_items then
-  redis.call('HSET', KEYS[1], 'limit:max_items', '1')
-  redis.call('HINCRBY', KEYS[1], 'items_dropped', 1)
-  return false
-end
-redis.call('HINCRBY', KEYS[1], 'items', 1)
-return redis.call('XADD', KEYS[2], '*', 'key', ARGV[2], 'url', ARGV[3], 'worker', ARGV[4], 'data', ARGV[5])
-"""
-
 
 class RedisItemPipeline:
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, max_items: int = 0,
-                 tracker: LeaseTracker | None = None, stats: Any = None):
+                 tracker: LeaseTracker | None = None, stats: Any = None, crawler: Crawler | None = None):
         self.redis = redis
         self.code = keys.validate_code(code)
         self.worker = keys.validate_worker(worker)
         self.max_items = int(max_items)
         self.tracker = tracker
         self.stats = stats
+        self.crawler = crawler
         self.keys = [keys.stats(code), keys.items(code)]
-        self._add = redis.register_script(ADD_ITEM_SCRIPT)
+        self._pending: list[tuple[list[str], Deferred]] = []  # ([key, url, data], fired when written)
+        self._writer: Any = None  # the RedisScheduler, which writes our batch in its round trip
+        self._flush_call = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisItemPipeline:
@@ -58,19 +58,72 @@ class RedisItemPipeline:
             raise NotConfigured("CRAWLSITE_CRAWL / CRAWLSITE_WORKER not set")
         return cls(get_redis(s.get("CRAWLSITE_REDIS_URL")), s["CRAWLSITE_CRAWL"], s["CRAWLSITE_WORKER"],
                    max_items=s.getint("CRAWLSITE_MAX_ITEMS", 0),
-                   tracker=LeaseTracker.for_crawler(crawler), stats=crawler.stats)
+                   tracker=LeaseTracker.for_crawler(crawler), stats=crawler.stats, crawler=crawler)
 
-    def process_item(self, item: Any) -> Any:
+    def open_spider(self) -> None:
+        scheduler = getattr(getattr(self.crawler, "engine", None), "scheduler", None)
+        if hasattr(scheduler, "item_writer"):
+            scheduler.item_writer = self
+            self._writer = scheduler
+
+    def close_spider(self) -> None:
+        self.flush()  # the scraper is idle by now: normally nothing is left
+
+    async def process_item(self, item: Any) -> Any:
         data = ItemAdapter(item).asdict()
         payload = json.dumps(data, ensure_ascii=False, default=str, separators=(",", ":"))
         key = self.tracker.item_key(item) if self.tracker is not None else None
         if key is None:  # not from a tracked response (e.g. yielded by start()): key by content
             key = "item:" + hashlib.sha1(payload.encode("utf-8")).hexdigest()
-        url = str(data.get("url", ""))
-        if self._add(keys=self.keys, args=[self.max_items, key, url, self.worker, payload]) is None:
+        written: Deferred = Deferred()
+        self._pending.append(([key, str(data.get("url", "")), payload], written))
+        if self.tracker is not None:
+            self.tracker.item_stored(item)  # may release its lease: in the same round trip, after it
+        if self._writer is not None:
+            self._writer.schedule_flush()
+        elif self._flush_call is None or not self._flush_call.active():
+            from twisted.internet import reactor
+
+            self._flush_call = reactor.callLater(0, self.flush)
+        if not await maybe_deferred_to_future(written):
             if self.stats is not None:
                 self.stats.inc_value("crawlsite/items_over_limit")
             raise DropItem(f"limits.max_items ({self.max_items}) reached")
         if self.stats is not None:
             self.stats.inc_value("crawlsite/items")
         return item
+
+    # -- batch ---------------------------------------------------------------------------------
+    def take_batch(self) -> tuple[scripts.Call, list[Deferred]] | None:
+        """The buffered items as one script call, and what to fire with its result."""
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        args: list = [self.max_items, self.worker]
+        for fields, _ in pending:
+            args += fields
+        return scripts.ADD_ITEMS.call(self.keys, args), [d for _, d in pending]
+
+    @staticmethod
+    def batch_written(deferreds: list[Deferred], result: Any) -> None:
+        """Fire each item's Deferred: True (in the stream), False (over max_items), or the error."""
+        for i, d in enumerate(deferreds):
+            if isinstance(result, BaseException):
+                d.errback(result)
+            else:
+                d.callback(bool(int(result[i])))
+
+    def flush(self) -> None:
+        """Write the buffered items now (without the scheduler, or at close)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        batch = self.take_batch()
+        if batch is None:
+            return
+        call, deferreds = batch
+        try:
+            result = scripts.run(self.redis, [call])[0]
+        except Exception as exc:
+            result = exc
+        self.batch_written(deferreds, result)

@@ -5,10 +5,12 @@ its first key (``{"seq":42,...}``) by the enqueue script (see :mod:`crawler.dupe
 two equal requests (``dont_filter``) stay distinct members. The sequence number is also the
 lease id. Score: ``-priority * 2**32 + seq``: higher priority first, then first in, first out.
 
-Pop is one Lua step: ZPOPMIN, HSET ``leases:WORKER`` seq -> member, HINCRBY ``stats.popped``;
-it refuses (and sets ``stats['limit:max_pages']``) once ``popped`` reached ``max_pages``, so a
-page limit holds exactly across workers. Returning leases (a worker retiring, or the reaper after
-a heartbeat expired) moves every member of ``leases:WORKER`` back with its original score.
+Pop is one Lua step (``scripts.POP``): ZPOPMIN of up to ``count`` requests, HSET
+``leases:WORKER`` seq -> member for each, HINCRBY ``stats.popped``; it never pops past
+``max_pages - popped`` and refuses (and sets ``stats['limit:max_pages']``) once ``popped`` reached
+``max_pages``, so a page limit holds exactly across workers, batch or not. Returning leases (a
+worker retiring, or the reaper after a heartbeat expired) moves every member of ``leases:WORKER``
+back with its original score.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.http import Request
 from scrapy.utils.request import request_from_dict
 
-from . import keys
+from . import keys, scripts
 
 if TYPE_CHECKING:
     import redis
@@ -31,54 +33,6 @@ logger = logging.getLogger(__name__)
 
 PRIORITY_LIMIT = 2 ** 20  # |priority| is clamped so that the score stays an exact double
 LEASE_META = "_cs_lease"  # request.meta key holding the lease id of a popped request
-
-# KEYS: queue, leases, stats   ARGV: max_pages (0 = no limit)
-# -> {"ok", member} | {"empty"} | {"limit"}
-POP_SCRIPT = """
-local max_pages = tonumber(ARGV[1])
-if max_pages > 0 then
-  local popped = tonumber(redis.call('HGET', KEYS[3], 'popped') or '0')
-  if popped >= max_pages then
-    redis.call('HSET', KEYS[3], 'limit:max_pages', '1')
-    return {'limit'}
-  end
-end
-local got = redis.call('ZPOPMIN', KEYS[1])
-if #got == 0 then return {'empty'} end
-local member = got[1]
-local seq = string.match(member, '^{"seq":(%d+),')
-redis.call('HSET', KEYS[2], seq, member)
-redis.call('HINCRBY', KEYS[3], 'popped', 1)
-redis.call('HINCRBY', KEYS[3], 'leased', 1)
-return {'ok', member}
-"""
-
-# KEYS: leases, queue, stats   -> number of requests put back
-RETURN_LEASES_SCRIPT = """
-local entries = redis.call('HVALS', KEYS[1])
-for _, member in ipairs(entries) do
-  local req = cjson.decode(member)
-  local prio = tonumber(req['priority']) or 0
-  local score = -prio * 4294967296 + tonumber(req['seq'])
-  redis.call('ZADD', KEYS[2], string.format('%.0f', score), member)
-end
-local n = #entries
-if n > 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('HINCRBY', KEYS[3], 'requeued', n)
-  redis.call('HINCRBY', KEYS[3], 'popped', -n)
-  redis.call('HINCRBY', KEYS[3], 'leased', -n)
-end
-return n
-"""
-
-# KEYS: leases, stats   ARGV: lease ids -> number released
-RELEASE_SCRIPT = """
-local n = 0
-for i = 1, #ARGV do n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
-if n > 0 then redis.call('HINCRBY', KEYS[2], 'leased', -n) end
-return n
-"""
 
 
 def _jsonable(value: Any) -> bool:
@@ -132,32 +86,34 @@ class RequestQueue:
         self.queue_key = keys.queue(code)
         self.leases_key = keys.leases(code, worker)
         self.stats_key = keys.stats(code)
-        self._pop = redis.register_script(POP_SCRIPT)
-        self._return = redis.register_script(RETURN_LEASES_SCRIPT)
-        self._release = redis.register_script(RELEASE_SCRIPT)
 
     def __len__(self) -> int:
         return int(self.redis.zcard(self.queue_key))
 
     def pop(self, max_pages: int = 0) -> tuple[str, str | None]:
         """Lease the next request: ``("ok", member)``, ``("empty", None)`` or ``("limit", None)``."""
-        result = self._pop(keys=[self.queue_key, self.leases_key, self.stats_key], args=[int(max_pages)])
-        status = result[0]
-        if isinstance(status, bytes):
-            status = status.decode()
-            result = [status] + [r.decode() if isinstance(r, bytes) else r for r in result[1:]]
-        return status, (result[1] if status == "ok" else None)
+        status, members = self.pop_many(max_pages, 1)
+        return status, (members[0] if members else None)
 
-    def release(self, lease_ids: list[str], pipe=None) -> Any:
-        """Forget finished leases (their outcome is in Redis already)."""
+    def pop_many(self, max_pages: int = 0, count: int = 1) -> tuple[str, list[str]]:
+        """Lease up to ``count`` requests: ``("ok", members)``, ``("empty", [])`` or ``("limit", [])``."""
+        result = scripts.POP(self.redis, [self.queue_key, self.leases_key, self.stats_key],
+                             [int(max_pages), max(1, int(count))])
+        result = [r.decode() if isinstance(r, bytes) else r for r in result]
+        return result[0], result[1:]
+
+    def release_call(self, lease_ids: list[str]) -> scripts.Call:
+        """Forget finished leases (their outcome is in Redis already): a call for ``scripts.run``."""
+        return scripts.RELEASE.call([self.leases_key, self.stats_key], list(lease_ids))
+
+    def release(self, lease_ids: list[str]) -> int:
         if not lease_ids:
             return 0
-        return self._release(keys=[self.leases_key, self.stats_key], args=list(lease_ids), client=pipe)
+        return int(scripts.run(self.redis, [self.release_call(lease_ids)])[0])
 
     def return_leases(self, worker: str | None = None) -> int:
         """Put every request leased by ``worker`` (default: this one) back in the queue."""
-        key = keys.leases(self.code, worker) if worker else self.leases_key
-        return int(self._return(keys=[key, self.queue_key, self.stats_key]))
+        return return_leases(self.redis, self.code, worker or self.worker)
 
     def leased(self) -> int:
         return int(self.redis.hlen(self.leases_key))
@@ -165,5 +121,4 @@ class RequestQueue:
 
 def return_leases(redis: redis.Redis, code: str, worker: str) -> int:
     """Put every request leased by ``worker`` back in the crawl's queue; return how many."""
-    script = redis.register_script(RETURN_LEASES_SCRIPT)
-    return int(script(keys=[keys.leases(code, worker), keys.queue(code), keys.stats(code)]))
+    return int(scripts.RETURN_LEASES(redis, [keys.leases(code, worker), keys.queue(code), keys.stats(code)], []))

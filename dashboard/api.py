@@ -284,3 +284,35 @@ def scale_crawl(request, code: str, payload: ScaleIn):
     except engine.LaunchError as exc:
         return Status(422, {"detail": str(exc)})
     return crawl_out(crawl)
+
+
+class ItemOut(Schema):
+    id: int
+    key: str
+    url: str
+    data: dict[str, Any]
+    worker: str
+    created_at: datetime
+
+
+class ItemsPage(Schema):
+    items: list[ItemOut]
+    next: int | None
+
+
+@api.get("/crawls/{code}/items", response={200: ItemsPage, 404: ErrorOut}, tags=["items"])
+def list_items(request, code: str, after: int | None = None, limit: int = 100):
+    """Items in the order they were stored; pass ``next`` back as ``after`` for the next page.
+    ``limit`` is clamped to 1..1000."""
+    from dashboard.exports import items_page
+
+    return items_page(_crawl(request, code), after=after, limit=limit)
+
+
+@api.get("/crawls/{code}/export", response={200: None, 400: ErrorOut, 404: ErrorOut}, tags=["items"])
+def export_items(request, code: str, format: str = "jsonl"):
+    """A streamed download of every item stored so far (a consistent snapshot while running):
+    ``jsonl``, ``json``, ``csv``, ``xml`` or ``xlsx``."""
+    from dashboard.exports import export_response
+
+    return export_response(_crawl(request, code), format)

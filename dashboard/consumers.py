@@ -7,6 +7,7 @@ exist for them, as in the views).
 
 import json
 import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -20,6 +21,12 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_BIG = 1009  # RFC 6455: message too big
+CLOSE_POLICY = 1008  # RFC 6455: policy violation (here: too many messages)
+# Browsers send a few small messages (ping, snapshot request); anything beyond is abuse.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGES_PER_SECOND = 20
+BURST = 40
 # Recent crawls per project on the overview.
 OVERVIEW_CRAWLS_PER_PROJECT = 5
 
@@ -57,6 +64,13 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     group = None
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if not self.allow_message():
+            log.warning("closing a websocket that sent more than %d messages/s", MAX_MESSAGES_PER_SECOND)
+            await self.close(code=CLOSE_POLICY)
+            return
+        if len(text_data or bytes_data or "") > MAX_MESSAGE_BYTES:
+            await self.close(code=CLOSE_TOO_BIG)
+            return
         if text_data is None:
             await self.send_error("binary frames are not accepted")
             return
@@ -75,6 +89,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
         else:
             await self.send_error(f"unknown message type {kind!r}" if kind else "messages need a \"type\"")
+
+    def allow_message(self):
+        """A token bucket per connection: MAX_MESSAGES_PER_SECOND, bursts up to BURST."""
+        now = time.monotonic()
+        tokens, last = getattr(self, "_bucket", (BURST, now))
+        tokens = min(BURST, tokens + (now - last) * MAX_MESSAGES_PER_SECOND)
+        if tokens < 1:
+            self._bucket = (tokens, now)
+            return False
+        self._bucket = (tokens - 1, now)
+        return True
 
     async def send_error(self, error):
         await self.send_json({"type": "error", "error": error})

@@ -9,6 +9,18 @@ def pytest_configure(config):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def clean_private_redis():
+    """Each test starts with an empty Redis: no RQ job or crawl left by an earlier test can be
+    picked up by this test's workers. Only the suite's own embedded server is ever flushed."""
+    yield
+    from tests.plugins import embedded_redis
+
+    server = embedded_redis._state.get("server")
+    if server is not None and settings.REDIS_URL == server.url:
+        get_redis().flushdb()
+
+
 @pytest.fixture
 def redis_client():
     return get_redis()

@@ -102,3 +102,38 @@ def test_read_counters_in_one_round_trip(r, code):
     state.seed(r, code, ["http://e.com/", "http://e.com/", "http://e.com/x"])
     c = state.read_counters(r, code)
     assert (c["queued"], c["seen"], c["in_flight"], c["items"]) == (2, 2, 0, 0)
+
+
+def test_batch_pop_respects_max_pages_exactly_across_workers(r, code):
+    _enqueue(r, code, [Request(f"http://e.com/{i}") for i in range(60)])
+    got = []
+
+    def work(w):
+        q = RequestQueue(r, code, w)
+        while (res := q.pop_many(max_pages=23, count=5))[0] == "ok":
+            assert 1 <= len(res[1]) <= 5
+            got.extend(res[1])
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(got) == 23 and len(set(got)) == 23  # the last batch was cut to fit the limit
+    assert r.hget(keys.stats(code), "popped") == "23" and state.read_counters(r, code)["in_flight"] == 23
+    assert RequestQueue(r, code, "w1").pop_many(max_pages=23, count=5) == ("limit", [])
+    assert r.hget(keys.stats(code), "limit:max_pages") == "1"
+    assert len(RequestQueue(r, code, "w1")) == 60 - 23
+
+
+def test_scripts_are_reloaded_after_script_flush(r, code):
+    from crawler import scripts
+
+    _enqueue(r, code, [Request("http://e.com/a"), Request("http://e.com/b")])
+    r.script_flush()
+    q = RequestQueue(r, code, "w1")
+    status, members = q.pop_many(count=2)  # one script alone: EVALSHA, NOSCRIPT, load, EVALSHA
+    assert status == "ok" and len(members) == 2
+    r.script_flush()
+    ids = [str(json.loads(m)["seq"]) for m in members]
+    # several calls in one pipeline: those that got NOSCRIPT are re-run, in order
+    assert scripts.run(r, [q.release_call(ids[:1]), q.release_call(ids[1:])]) == [1, 1]
+    assert q.leased() == 0 and r.script_exists(*[s.sha for s in scripts.SCRIPTS]) == [True] * len(scripts.SCRIPTS)

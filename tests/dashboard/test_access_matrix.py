@@ -1,0 +1,229 @@
+"""Walks the access table of docs/security.md as anonymous, outsider, owner and staff.
+
+Each row is one page, API endpoint, export or websocket; each cell is what that kind of user
+must get. Staff are not owners: they see other people's crawls only through the admin.
+"""
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from dashboard.models import ApiToken, Crawl, Item, Project
+from tests.dashboard.factories import definition, project_for
+
+LOGIN = "login"  # redirect to /accounts/login/
+ADMIN_LOGIN = "admin-login"  # redirect to /admin/login/
+OK = 200
+FOUND = 302  # an action that worked and redirects back
+NOT_FOUND = 404
+UNAUTHORIZED = 401
+
+# (method, path template, anonymous, outsider, owner, staff)
+HTTP_TABLE = [
+    ("GET", "/accounts/login/", OK, FOUND, FOUND, FOUND),
+    ("POST", "/accounts/logout/", LOGIN, LOGIN, LOGIN, LOGIN),
+    ("GET", "/", LOGIN, OK, OK, OK),
+    ("GET", "/healthz", "public", "public", "public", "public"),
+    ("GET", "/projects/", LOGIN, OK, OK, OK),
+    ("GET", "/projects/new/", LOGIN, OK, OK, OK),
+    ("GET", "/projects/{project}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/projects/{project}/edit/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/projects/{project}/delete/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/projects/{project}/launch", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("GET", "/projects/{project}/export?format=csv", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/crawls/{running}/pause", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/crawls/{running}/stop", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/crawls/{crawl}/resume", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/crawls/{crawl}/cancel", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/crawls/{running}/scale", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/items/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/items/{item}.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/export?format=jsonl", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/admin/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
+    ("GET", "/rq/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
+    ("GET", "/api/docs", LOGIN, OK, OK, OK),
+    ("GET", "/api/openapi.json", LOGIN, OK, OK, OK),
+    ("GET", "/api/projects", UNAUTHORIZED, OK, OK, OK),
+    ("POST", "/api/projects", UNAUTHORIZED, 201, 201, 201),
+    ("GET", "/api/projects/{project}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("PUT", "/api/projects/{project}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("DELETE", "/api/projects/{spare}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("POST", "/api/projects/{project}/crawls", UNAUTHORIZED, NOT_FOUND, 201, NOT_FOUND),
+    ("GET", "/api/projects/{project}/crawls", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{running}/pause", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{running}/stop", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{crawl}/resume", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{crawl}/cancel", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{running}/scale", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/items", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/export?format=json", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+]
+ROLES = ("anonymous", "outsider", "owner", "staff")
+
+
+@pytest.fixture
+def world(db, owner, outsider, staff):
+    project = project_for(owner, "Shop")
+    spare = project_for(owner, "Spare")
+    # A stopped crawl (resume and cancel apply) and a running one (pause, stop, scale apply).
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.STOPPED)
+    running = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING, workers=1)
+    finished = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
+    item = Item.objects.create(crawl=crawl, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
+    Item.objects.create(crawl=finished, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
+    staff.is_superuser = True
+    staff.save()
+    return {
+        "users": {"owner": owner, "outsider": outsider, "staff": staff},
+        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.pk},
+    }
+
+
+def request(role, method, path, world):
+    client = Client()
+    headers = {}
+    if role != "anonymous":
+        user = world["users"][role]
+        if path.startswith("/api/") and not path.startswith(("/api/docs", "/api/openapi")):
+            headers["HTTP_AUTHORIZATION"] = f"Bearer {ApiToken.issue(user)}"
+        else:
+            client.force_login(user)
+    body, content_type = None, None
+    if method in ("POST", "PUT"):
+        if path.startswith("/api/"):
+            content_type = "application/json"
+            if path.endswith("/scale"):
+                body = json.dumps({"workers": 1})
+            elif path == "/api/projects" or method == "PUT":
+                body = json.dumps(definition(f"Made by {role}"))
+            else:
+                body = "{}"
+        else:
+            body = {"workers": "1"}
+    call = getattr(client, method.lower())
+    if body is None:
+        return call(path, **headers)
+    if content_type:
+        return call(path, body, content_type=content_type, **headers)
+    return call(path, body, **headers)
+
+
+CASES = [(method, path, role, row[2 + i]) for method, path, *rest in HTTP_TABLE for i, role in enumerate(ROLES) for row in [(method, path, *rest)]]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method,path,role,expected", CASES, ids=[f"{c[2]}-{c[0]}-{c[1]}" for c in CASES])
+def test_http_access_table(world, method, path, role, expected):
+    response = request(role, method, path.format(**world["ids"]), world)
+    status = response.status_code
+    if expected == LOGIN:
+        assert status == 302 and response["Location"].startswith("/accounts/login/"), (status, response.get("Location"))
+    elif expected == ADMIN_LOGIN:
+        assert status == 302 and response["Location"].startswith("/admin/login/"), (status, response.get("Location"))
+    elif expected == "public":
+        assert status in (200, 503) and response["Content-Type"] == "application/json"
+    else:
+        assert status == expected, (status, response.content[:300])
+
+
+def test_every_route_is_in_the_access_table():
+    """A new URL without a row here (and in docs/security.md) fails this test."""
+    from django.urls import get_resolver
+
+    covered = {path.split("?")[0] for _m, path, *_ in HTTP_TABLE}
+    documented = open("docs/security.md").read()
+    missing = []
+
+    def walk(patterns, prefix=""):
+        for pattern in patterns:
+            text = prefix + str(pattern.pattern)
+            if text.startswith(("admin/", "rq/")):
+                continue  # the admin site and django-rq: staff only, checked by their own rows
+            if hasattr(pattern, "url_patterns"):
+                walk(pattern.url_patterns, text)
+                continue
+            missing.append(text)
+
+    walk(get_resolver().url_patterns)
+    shapes = {_shape(p) for p in covered}
+    unknown = [p for p in missing if _shape(p) not in shapes and p != "api/"]
+    assert unknown == [], f"routes missing from the access table: {unknown}"
+    for path in covered:
+        assert path.split("{")[0].rstrip("/") in documented, f"{path} missing from docs/security.md"
+
+
+def _shape(path):
+    """A route and a table path reduced to the same shape: parameters become {}."""
+    import re
+
+    path = path.lstrip("^").rstrip("$").lstrip("/")
+    path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
+    path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
+    path = re.sub(r"<(\w+:)?\w+>", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|item)\}", "{}", path)
+    for action in ("pause", "resume", "stop", "cancel", "scale"):
+        path = path.replace("{}/" + action, "{}/{action}")
+    return path
+
+
+# -- websockets, through the full ASGI stack (origin check, session auth) ------------------------
+
+WS_TABLE = [
+    # path, anonymous, outsider, owner, staff: "open" or the close code
+    ("/ws/crawls/", 4401, "open", "open", "open"),
+    ("/ws/crawls/{crawl}/", 4401, 4404, "open", 4404),
+]
+
+
+def session_cookie(user):
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+async def ws_outcome(path, cookie=None, origin=b"http://localhost"):
+    from crawlsite.asgi import application
+
+    headers = [(b"host", b"localhost")]
+    if origin:
+        headers.append((b"origin", origin))
+    if cookie:
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    comm = WebsocketCommunicator(application, path, headers=headers)
+    connected, code = await comm.connect(timeout=5)
+    if not connected:
+        return code
+    message = await comm.receive_output(timeout=5)
+    if message["type"] == "websocket.close":
+        await comm.wait()
+        return message["code"]
+    await comm.disconnect()
+    return "open"
+
+
+WS_CASES = [(path, role, row[1 + i]) for row in WS_TABLE for path in [row[0]] for i, role in enumerate(ROLES)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path,role,expected", WS_CASES, ids=[f"{c[1]}-{c[0]}" for c in WS_CASES])
+async def test_websocket_access_table(owner, outsider, staff, path, role, expected):
+    project = await sync_to_async(project_for)(owner, "Shop")
+    crawl = await sync_to_async(Crawl.objects.create)(project=project, definition=project.definition, status=Crawl.RUNNING)
+    users = {"owner": owner, "outsider": outsider, "staff": staff}
+    cookie = None if role == "anonymous" else await sync_to_async(session_cookie)(users[role])
+    assert await ws_outcome(path.format(crawl=crawl.code), cookie) == expected
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_websocket_from_another_origin_is_refused(owner):
+    cookie = await sync_to_async(session_cookie)(owner)
+    outcome = await ws_outcome("/ws/crawls/", cookie, origin=b"http://evil.example")
+    assert outcome != "open"
+    assert await ws_outcome("/ws/crawls/", cookie, origin=None) != "open"
