@@ -326,7 +326,7 @@ def render(res, command) -> str:
                  f"{', '.join(str(v) for v in p['in_flight'])} | {statistics.median(p['in_flight'])} | "
                  f"{max(p['in_flight'])} |")
     lines += ["", f"SIGKILL of worker 1 of 2 once {KILL_AFTER_PAGES} pages were processed and it held "
-              f"{PER_WORKER} requests; worker 2 finishes the crawl.", "",
+              f"at least {PER_WORKER} requests (downloader + scraper); worker 2 finishes the crawl.", "",
               "| | kills | requests lost per kill: mean (each run) | of which taken by the killed worker (each) | "
               "killed worker's requests in flight at the kill (each) | items lost (each) | "
               "pages processed twice (each) | items stored twice |",
@@ -352,7 +352,9 @@ def render(res, command) -> str:
               f"- Crawlsite: the killed worker's leases ({_each(cs, 'leases_at_kill')} at the kill) went back "
               f"to the queue once its heartbeat expired ({HEARTBEAT_TTL} s TTL here, 10 s by default) and the "
               "other worker processed them; \"pages processed twice\" are those the killed worker had "
-              "processed but not yet acknowledged (items are keyed, so they are not stored twice)."]
+              "processed but not yet acknowledged (items are keyed, so they are not stored twice).",
+              "- scrapy-redis can lose more items than pages: its RedisPipeline pushes items from a thread, "
+              "so the item of a page whose callback had finished can die with the killed process."]
     return "\n".join(lines) + "\n"
 
 

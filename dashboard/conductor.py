@@ -11,6 +11,7 @@ import socket
 import time
 
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 
@@ -261,6 +262,10 @@ class Conductor:
                     # Redis restarting or unreachable: wait and try again, keep nothing half done.
                     log.warning("conductor tick failed: %s", exc)
                     self.active = False
+                except DatabaseError as exc:
+                    # A locked SQLite or a dropped PostgreSQL connection: the next tick starts afresh.
+                    log.warning("conductor tick failed on the database: %s", exc)
+                    close_old_connections()
                 ticks += 1
                 if max_ticks is not None and ticks >= max_ticks:
                     break

@@ -92,6 +92,7 @@
   function itemRow(item) {
     var li = L.row(root, "item");
     li.dataset.item = item.id;
+    li.dataset.key = item.key;
     var a = L.setField(li, "url", item.url);
     if (item.link) a.href = item.link; else a.removeAttribute("href");
     L.setField(li, "summary", item.summary);
@@ -100,7 +101,12 @@
 
   function applyItems(items, replace, stored) {
     var list = $('[data-live="items"]');
-    var rows = (items || []).map(itemRow);      // newest first
+    var shown = {};
+    if (!replace) {
+      // An update can repeat an item the snapshot already showed (the stable key says so).
+      Array.prototype.forEach.call(list.children, function (li) { shown[li.dataset.key] = true; });
+    }
+    var rows = (items || []).filter(function (item) { return !shown[item.key]; }).map(itemRow);  // newest first
     if (replace) list.replaceChildren.apply(list, rows);
     else list.prepend.apply(list, rows);
     while (list.children.length > MAX_ITEMS) list.lastElementChild.remove();

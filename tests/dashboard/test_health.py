@@ -95,3 +95,20 @@ def test_ensureadmin_uses_admin_password_from_environment(monkeypatch, capsys, d
     call_command("ensureadmin")
     assert "from-the-env-42" not in capsys.readouterr().out
     assert django_user_model.objects.get(username="admin").check_password("from-the-env-42")
+
+
+def test_conductor_survives_a_database_error(redis_client, monkeypatch):
+    """A locked SQLite database fails one tick, not the conductor."""
+    from django.db import OperationalError
+
+    calls = []
+
+    def flaky_tick(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("database table is locked")
+
+    monkeypatch.setattr(Conductor, "tick", flaky_tick)
+    redis_client.delete(keys.conductor_lock())
+    Conductor(tick=0.01, lock_ttl=2).run(lambda: False, max_ticks=3)
+    assert len(calls) == 3
