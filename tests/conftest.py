@@ -15,7 +15,9 @@ def clean_private_redis():
     picked up by this test's workers. Only the suite's own embedded server is ever flushed."""
     yield
     from tests.plugins import embedded_redis
+    from tests.workers import kill_leftover_workers
 
+    kill_leftover_workers()
     server = embedded_redis._state.get("server")
     if server is not None and settings.REDIS_URL == server.url:
         get_redis().flushdb()

@@ -14,6 +14,7 @@ from dashboard import engine
 from dashboard.conductor import Conductor
 from dashboard.models import Crawl, Project
 from demosite import start_site
+from tests.workers import start_rq_workers  # noqa: F401 (re-exported for other tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,18 +35,6 @@ def make_project(owner, site, name="Test shop", **settings):
     project.set_definition(engine.validate_definition(definition))
     project.save()
     return project
-
-
-def start_rq_workers(count):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "rq.cli", "worker", "crawls", "--burst",
-             "--serializer", "rq.serializers.JSONSerializer", "--url", os.environ["REDIS_URL"]],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for _ in range(count)
-    ]
 
 
 def conduct_until_done(crawls, timeout=120):
