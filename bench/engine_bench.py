@@ -186,7 +186,7 @@ def stream_items(r, code: str) -> list[dict]:
 
 def run_crawlsite(r, redis_url: str, definition: dict, expected: list[dict], n_workers: int, i: int,
                   measure_seen: bool = False) -> dict:
-    from crawler import keys, state
+    from crawler import state
 
     code = new_code(f"b{n_workers}w{i}")
     cpu0 = children_cpu()

@@ -48,7 +48,6 @@ Excel
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math

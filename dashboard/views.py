@@ -6,13 +6,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from dashboard import engine
-from dashboard.forms import ProjectForm
-
-from dashboard import live
-from dashboard.health import health
-from dashboard import exports
+from dashboard import engine, exports, live
 from dashboard import items as item_queries
+from dashboard.forms import ProjectForm
+from dashboard.health import health
 from dashboard.models import Crawl, InvalidTransition, Project
 
 

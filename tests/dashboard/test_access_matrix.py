@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from dashboard.models import ApiToken, Crawl, Item, Project
+from dashboard.models import ApiToken, Crawl, Item
 from tests.dashboard.factories import definition, project_for
 
 LOGIN = "login"  # redirect to /accounts/login/

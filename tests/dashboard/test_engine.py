@@ -1,11 +1,7 @@
 """Real crawls launched from the dashboard: RQ workers run Scrapy against the local test site,
 the conductor drains items into the database and detects the end."""
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +12,6 @@ from dashboard.models import Crawl, Project
 from demosite import start_site
 from tests.workers import start_rq_workers  # noqa: F401 (re-exported for other tests)
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 

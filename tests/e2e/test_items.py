@@ -1,7 +1,6 @@
 """Item browser in a real browser: items show as text, pages move, an export downloads."""
 
 import csv
-import io
 import json
 
 from playwright.sync_api import expect
