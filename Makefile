@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast test-browser bench clean
+.PHONY: help run test bench clean
 
 help: ## List the targets
 	@echo "Crawlsite targets:"
@@ -28,6 +28,7 @@ test: $(STAMP) ## Run the whole test suite (own embedded Redis, throwaway databa
 	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
 bench: $(STAMP) ## Run the benchmarks and rewrite bench/RESULTS.md
+	$(PY) -m pip install --quiet -r bench/requirements.txt
 	$(PY) -m bench
 
 clean: ## Remove the venv and local data (var/)
