@@ -237,3 +237,17 @@ def scale(crawl, workers):
     crawl.workers = workers
     crawl.save(update_fields=["workers"])
     return crawl
+
+
+def with_waiting_workers(crawl, states):
+    """Worker states plus a ``waiting`` row for each launched job no RQ worker has taken yet.
+
+    Costs one pipelined RQ read, and only while some launched worker has not reported.
+    """
+    if not crawl.is_active or crawl.launched_workers <= len(states):
+        return states
+    rows = dict(states)
+    for worker, status in job_statuses(crawl).items():
+        if worker not in rows and status in ("queued", "deferred", "scheduled"):
+            rows[worker] = {"worker": worker, "state": "waiting", "message": "waiting for a free RQ worker"}
+    return rows

@@ -22,6 +22,7 @@ from collections import deque
 from channels.layers import get_channel_layer
 
 from crawler import keys, state
+from dashboard import engine
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ class Publisher:
             "rates": rates,
             "progress": progress(counters),
             "status_codes": counters.get("status", {}),
-            "workers": workers_message(counters.get("workers", {})),
+            "workers": workers_message(engine.with_waiting_workers(crawl, counters.get("workers", {}))),
             "items": list(reversed(items)),  # newest first
             "items_new": len(new_items) if stored is None else stored,
             "log": lines,
@@ -432,7 +433,7 @@ def crawl_snapshot(crawl, items, redis=None):
         "rates": current_rates,
         "progress": progress(counters),
         "status_codes": counters.get("status", {}),
-        "workers": workers_message(counters.get("workers", {})),
+        "workers": workers_message(engine.with_waiting_workers(crawl, counters.get("workers", {}))),
         "workers_asked": crawl.workers,
         "items": [item_message(i) for i in items],
         "log": [log_message(i, f) for i, f in reversed(log_entries)],

@@ -158,3 +158,13 @@ def test_real_server_refuses_a_websocket_without_a_session(owner, site):  # noqa
                 ws.recv(timeout=5)
     finally:
         server.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_waiting_for_a_free_rq_worker_shows_as_waiting(owner, site):
+    """No RQ worker runs: the crawl's two jobs wait, and the page's snapshot says so."""
+    crawl = engine.launch(make_project(owner, site), workers=2)
+    crawl.refresh_from_db()
+    snapshot = live.crawl_snapshot(crawl, [])
+    assert [(w["worker"], w["state"]) for w in snapshot["workers"]] == [("w1", "waiting"), ("w2", "waiting")]
+    assert snapshot["workers"][0]["message"] == "waiting for a free RQ worker"
