@@ -409,7 +409,7 @@ def render(res: dict, command: str) -> str:
         f"on {m['nproc']} cores: the machine was shared with other jobs, so wall-clock rates are noisy.", "",
         f"2 workers split the pages {c2['runs'][0]['per_worker_pages']} (first run). The site server "
         "(Python threads in the bench process), Redis and the workers all share the same "
-        f"{m['nproc']} cores, so a second worker mostly competes for CPU with the server it crawls.", "",
+        f"{m['nproc']} cores, so the workers also compete for CPU with the server they crawl.", "",
         "Seed -> first item (launch, or seeding the start URL, -> first entry in the `items` stream, "
         f"XREAD BLOCK), median of {len(lat['cold'])} runs:",
         f"- with worker process start-up (`state.launch`, then `python -m crawler run` spawned): "
@@ -441,10 +441,17 @@ def fmt_load(load) -> str:
     return "/".join(f"{x:.1f}" for x in load)
 
 
+HAND_WRITTEN = "<!-- hand-written analysis: kept when the bench rewrites this section -->"
+
+
 def write_section(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else "# Benchmarks\n\n"
     pattern = re.compile(r"^## Crawl engine \(issue 3\)\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
+    found = pattern.search(old)
+    if found:
+        kept = found.group(0).partition(HAND_WRITTEN)
+        if kept[1]:  # the hand-written analysis at the end of the section stays
+            text = text.rstrip("\n") + "\n\n" + kept[1] + kept[2].rstrip("\n") + "\n"
         new = pattern.sub(lambda _m: text + "\n", old, count=1)
     else:
         new = old.rstrip("\n") + "\n\n" + text

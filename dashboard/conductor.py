@@ -142,7 +142,7 @@ class Conductor:
             if not fields:
                 continue  # deleted entry
             try:
-                data = json.loads(fields.get("data", "{}"))
+                data = without_lone_surrogates(json.loads(fields.get("data", "{}")))
             except ValueError:
                 data = {"_raw": fields.get("data", "")}
             items.append(Item(
@@ -273,6 +273,22 @@ class Conductor:
                 _sleep_until(should_stop, max(0.0, self.tick_seconds - elapsed))
         finally:
             self.release()
+
+
+def without_lone_surrogates(data):
+    """A custom spider may scrape a lone UTF-16 surrogate (JSON can carry it as an escape); no
+    UTF-8 export could then write the item. Such characters become U+FFFD before storage."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+            return data
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in data)
+    if isinstance(data, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [without_lone_surrogates(v) for v in data]
+    return data
 
 
 def final_stats(crawl, counters):

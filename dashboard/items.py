@@ -37,6 +37,7 @@ class Cell:
 @dataclass
 class Row:
     id: int
+    key: str
     url: str
     url_is_link: bool
     cells: list[Cell]
@@ -134,7 +135,7 @@ def is_web_url(url: str) -> bool:
 def _row(item: Item, cols: list[str]) -> Row:
     data = item.data if isinstance(item.data, dict) else {"value": item.data}
     url = item.url or display_text(data.get("url"))
-    return Row(id=item.id, url=url, url_is_link=is_web_url(url), cells=[_cell(data.get(c)) for c in cols])
+    return Row(id=item.id, key=item.key, url=url, url_is_link=is_web_url(url), cells=[_cell(data.get(c)) for c in cols])
 
 
 def item_count(crawl: Crawl) -> int | None:

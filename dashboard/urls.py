@@ -17,7 +17,7 @@ urlpatterns = [
     re_path(r"^crawls/(?P<code>[a-z0-9]+)/(?P<action>pause|resume|stop|cancel|scale)$", views.crawl_control,
             name="crawl-control"),
     path("crawls/<str:code>/items/", views.crawl_items, name="crawl-items"),
-    path("crawls/<str:code>/items/<int:item_id>.json", views.item_json, name="item-json"),
+    path("crawls/<str:code>/items/<str:key>.json", views.item_json, name="item-json"),
     path("crawls/<str:code>/export", views.crawl_export, name="crawl-export"),
     path("projects/<int:pk>/export", views.project_export, name="project-export"),
 ]

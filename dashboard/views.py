@@ -196,9 +196,10 @@ def crawl_items(request, code):
 
 
 @require_GET
-def item_json(request, code, item_id):
+def item_json(request, code, key):
+    """One item's data, addressed by its stable key (never by a database id)."""
     crawl = _get_crawl_for_user(request, code)
-    item = get_object_or_404(crawl.items.only("data"), pk=item_id)
+    item = get_object_or_404(crawl.items.only("data"), key=key)
     return JsonResponse(item.data, safe=False, json_dumps_params={"ensure_ascii": False, "indent": 2})
 
 

@@ -80,7 +80,7 @@ def world(db, owner, outsider, staff):
     staff.save()
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
-        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.pk},
+        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key},
     }
 
 

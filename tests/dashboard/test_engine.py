@@ -136,3 +136,20 @@ def test_launch_writes_definition_seeds_and_jobs(owner, site, redis_client):
     assert statuses == {"w1": "queued", "w2": "queued", "w3": "queued"}
     engine.cancel_waiting_jobs(crawl)
     assert set(engine.job_statuses(crawl).values()) == {"canceled"}
+
+
+def test_conductor_stores_lone_surrogates_as_replacement_characters(owner, redis_client):
+    """Exports write UTF-8: a lone surrogate from a custom spider must not break them later."""
+    import json as jsonlib
+
+    from tests.dashboard.factories import project_for
+
+    project = project_for(owner)
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING)
+    engine.ensure_items_group(redis_client, crawl.code)
+    raw = jsonlib.dumps({"url": "http://127.0.0.1:9/p", "title": "a\ud800b", "tags": ["\udfff"]})
+    redis_client.xadd(keys.items(crawl.code), {"key": "fp:0", "url": "http://127.0.0.1:9/p", "worker": "w1", "data": raw})
+    assert Conductor(tick=0.1).drain_items(crawl) == 1
+    item = crawl.items.get()
+    assert item.data == {"url": "http://127.0.0.1:9/p", "title": "a\ufffdb", "tags": ["\ufffd"]}
+    assert jsonlib.dumps(item.data, ensure_ascii=False).encode("utf-8")

@@ -51,7 +51,7 @@ def test_items_page_shows_a_column_per_field_and_the_source(owner_client, crawl)
     assert re.search(r"<th scope=\"col\">title</th>\s*<th scope=\"col\">price</th>", html)
     assert "Lamp" in html and "12 €" in html
     assert 'href="https://shop.example/1"' in html
-    assert reverse("dashboard:item-json", args=[crawl.code, crawl.items.get().id]) in html
+    assert reverse("dashboard:item-json", args=[crawl.code, crawl.items.get().key]) in html
     for fmt in ("jsonl", "json", "csv", "xml", "xlsx"):
         assert f"{reverse('dashboard:crawl-export', args=[crawl.code])}?format={fmt}" in html
 
@@ -158,7 +158,7 @@ def test_item_count_comes_from_the_live_counter_or_final_stats(owner_client, cra
 
 def test_item_json_returns_the_data(owner_client, crawl):
     [item] = add(crawl, {"url": "https://e/1", "title": "<b>😀</b>", "price": None})
-    response = owner_client.get(reverse("dashboard:item-json", args=[crawl.code, item.id]))
+    response = owner_client.get(reverse("dashboard:item-json", args=[crawl.code, item.key]))
     assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
     assert response.json() == {"url": "https://e/1", "title": "<b>😀</b>", "price": None}
@@ -167,14 +167,14 @@ def test_item_json_returns_the_data(owner_client, crawl):
 def test_item_json_of_another_crawl_is_404(owner_client, crawl, project):
     other = Crawl.objects.create(project=project, definition=project.definition)
     [item] = add(other, {"url": "https://e/1"})
-    assert owner_client.get(reverse("dashboard:item-json", args=[crawl.code, item.id])).status_code == 404
+    assert owner_client.get(reverse("dashboard:item-json", args=[crawl.code, item.key])).status_code == 404
 
 
 def test_outsider_gets_404_for_items_and_item_json(client, outsider, crawl):
     [item] = add(crawl, {"url": "https://e/1"})
     client.force_login(outsider)
     assert client.get(items_url(crawl)).status_code == 404
-    assert client.get(reverse("dashboard:item-json", args=[crawl.code, item.id])).status_code == 404
+    assert client.get(reverse("dashboard:item-json", args=[crawl.code, item.key])).status_code == 404
 
 
 def test_items_page_needs_login(client, crawl):

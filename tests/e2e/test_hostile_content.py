@@ -119,7 +119,7 @@ def test_no_scraped_content_runs_as_script(logged_in_page, live_asgi, owner, hos
         f"/crawls/{crawl.code}/",
         f"/crawls/{crawl.code}/items/",
         f"/crawls/{crawl.code}/items/?q=script",
-        f"/crawls/{crawl.code}/items/{first_item.pk}.json",
+        f"/crawls/{crawl.code}/items/{first_item.key}.json",
     ]
     for path in pages:
         page.goto(live_asgi.url + path)
@@ -140,6 +140,6 @@ def test_no_scraped_content_runs_as_script(logged_in_page, live_asgi, owner, hos
     page.goto(f"{live_asgi.url}/crawls/{crawl.code}/")
     expect(page.locator("body")).to_contain_text("<img src=x onerror=")
     page.screenshot(path=str(artifacts / "hostile-crawl.png"), full_page=True)
-    data = json.loads(page.evaluate("fetch('%s/crawls/%s/items/%d.json').then(r => r.text())" % (live_asgi.url, crawl.code, first_item.pk)))
+    data = json.loads(page.evaluate("fetch('%s/crawls/%s/items/%s.json').then(r => r.text())" % (live_asgi.url, crawl.code, first_item.key)))
     title = data["data"]["title"] if "data" in data else data["title"]
     assert title in PAYLOADS  # the JSON view returns the value untouched
