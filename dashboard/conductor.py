@@ -211,6 +211,9 @@ class Conductor:
         workers again and it carries on where it was.
         """
         messages = sorted({w.get("message") or w.get("state") for w in workers.values()} - {None})
+        # A worker job still queued in RQ must not start crawling a stopped crawl later on.
+        state.set_control(self.redis, crawl.code, "stop")
+        engine.cancel_waiting_jobs(crawl)
         crawl.transition(Crawl.STOPPING)
         self.drain_all(crawl)
         counters = state.read_counters(self.redis, crawl.code)
