@@ -153,3 +153,42 @@ def test_conductor_stores_lone_surrogates_as_replacement_characters(owner, redis
     item = crawl.items.get()
     assert item.data == {"url": "http://127.0.0.1:9/p", "title": "a\ufffdb", "tags": ["\ufffd"]}
     assert jsonlib.dumps(item.data, ensure_ascii=False).encode("utf-8")
+
+
+def test_crawl_whose_workers_all_died_stops_and_resumes_to_the_end(owner, monkeypatch, redis_client):
+    """`make run` interrupted mid-crawl (every worker killed): the crawl becomes stopped with a
+    reason, nothing is lost, and resuming it finishes with every item exactly once."""
+    from tests.workers import kill_tree
+
+    monkeypatch.setenv("CRAWLSITE_HEARTBEAT_TTL", "1.5")
+    site = start_site(profile="demo", delay_ms=300)  # ~73 pages, two at a time: ~11 s of crawling
+    try:
+        crawl = engine.launch(make_project(owner, site, CONCURRENT_REQUESTS=2), workers=1)
+        [proc] = start_rq_workers(1)
+        conductor = Conductor(tick=0.1)
+        deadline = time.monotonic() + 60
+        while crawl.items.count() < 3:
+            assert time.monotonic() < deadline, "no items arrived"
+            conductor.hold_lock() and conductor.tick()
+            time.sleep(0.1)
+        kill_tree(proc)  # the RQ worker, its work horse and the crawler
+        crawl.refresh_from_db()
+        assert crawl.status == Crawl.RUNNING
+        while True:
+            assert time.monotonic() < deadline + 30, f"crawl stayed {crawl.status}: {crawl.reason} {crawl.stats} {redis_client.hgetall(keys.workers(crawl.code))}"
+            conductor.hold_lock() and conductor.tick()
+            crawl.refresh_from_db()
+            if crawl.status == Crawl.STOPPED:
+                break
+            time.sleep(0.1)
+        assert "Resume to continue" in crawl.reason
+        engine.control(crawl, "resume")
+        procs = start_rq_workers(1)
+        conductor.release()
+        conduct_until_done([crawl])
+        for p in procs:
+            p.wait(90)
+        assert crawl.status == Crawl.FINISHED, crawl.reason
+        check_items_exactly_once(crawl, site)
+    finally:
+        site.stop()
