@@ -181,7 +181,7 @@ class WorkerStats:
     COUNTERS = ("pages", "errors")
 
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, crawler: Crawler | None = None,
-                 interval: float = 0.25, ttl: float = 10.0, stats: Any = None):
+                 interval: float = 0.25, ttl: float = 10.0, stats: Any = None, give_up: float = 60.0):
         self.redis = redis
         self.code = keys.validate_code(code)
         self.worker = keys.validate_worker(worker)
@@ -195,6 +195,9 @@ class WorkerStats:
         self.state = "starting"
         self.message = ""
         self._loop: task.LoopingCall | None = None
+        self.give_up = give_up
+        self._failing_since: float | None = None
+        self._gave_up = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> WorkerStats:
@@ -203,7 +206,8 @@ class WorkerStats:
             raise NotConfigured("CRAWLSITE_CRAWL / CRAWLSITE_WORKER not set")
         ext = cls(get_redis(s.get("CRAWLSITE_REDIS_URL")), s["CRAWLSITE_CRAWL"], s["CRAWLSITE_WORKER"],
                   crawler=crawler, interval=s.getfloat("CRAWLSITE_STATS_INTERVAL", 0.25),
-                  ttl=s.getfloat("CRAWLSITE_HEARTBEAT_TTL", 10.0), stats=crawler.stats)
+                  ttl=s.getfloat("CRAWLSITE_HEARTBEAT_TTL", 10.0), stats=crawler.stats,
+                  give_up=s.getfloat("CRAWLSITE_REDIS_GIVE_UP", 60.0))
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(ext.response_received, signal=signals.response_received)
@@ -270,6 +274,7 @@ class WorkerStats:
                 n = int(self.stats.get_value("crawlsite/download_errors", 0))
                 self.counts["errors_download"] = n
             pipe = self.redis.pipeline(transaction=False)
+            pushed = {}
             for name, value in self.counts.items():
                 if name in ("items_local",):
                     continue
@@ -277,15 +282,34 @@ class WorkerStats:
                 if delta:
                     field = "errors" if name == "errors_download" else name
                     pipe.hincrby(keys.stats(self.code), field, delta)
-                    self._pushed[name] = value
+                    pushed[name] = value
             pipe.hset(keys.workers(self.code), self.worker, json.dumps(self.snapshot()))
             if final:
                 pipe.delete(keys.heartbeat(self.code, self.worker))
             else:
                 pipe.set(keys.heartbeat(self.code, self.worker), str(time.time()), px=int(self.ttl * 1000))
             pipe.execute()
-        except Exception:
-            logger.warning("Cannot write worker stats of crawl %s", self.code, exc_info=True)
+            self._pushed.update(pushed)  # only once Redis has them: a failed write is retried
+            self._failing_since = None
+        except Exception as exc:
+            # The whole traceback once; after that one line per failed write.
+            logger.warning("Cannot write worker stats of crawl %s: %s", self.code, exc,
+                           exc_info=self._failing_since is None)
+            self._give_up_if_redis_is_gone()
+
+    def _give_up_if_redis_is_gone(self) -> None:
+        """A worker that cannot reach Redis for ``give_up`` seconds leaves: it can do nothing
+        useful, and its leases come back to the queue through the heartbeat once Redis does."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            return
+        engine = getattr(self.crawler, "engine", None)
+        if now - self._failing_since >= self.give_up and engine is not None and not self._gave_up:
+            self._gave_up = True
+            self.message = "Redis unreachable"
+            logger.error("Redis unreachable for %.0f s: worker %s of crawl %s leaves", self.give_up, self.worker, self.code)
+            deferred_from_coro(engine.close_spider_async(reason="redis unreachable"))
 
 
 class RedisLogHandler(logging.Handler):

@@ -13,7 +13,7 @@ CONFIGURABLE_SPIDER = "crawler.spiders.configurable.ConfigurableSpider"
 
 # Timing settings a deployment (or the test suite) may set from the environment, e.g.
 # CRAWLSITE_HEARTBEAT_TTL=1.5 so a killed worker's leases come back quickly in tests.
-ENV_FLOAT_SETTINGS = ("CRAWLSITE_HEARTBEAT_TTL", "CRAWLSITE_STOP_TIMEOUT")
+ENV_FLOAT_SETTINGS = ("CRAWLSITE_HEARTBEAT_TTL", "CRAWLSITE_STOP_TIMEOUT", "CRAWLSITE_REDIS_GIVE_UP")
 
 COMPONENTS: dict[str, Any] = {
     "SCHEDULER": "crawler.scheduler.RedisScheduler",
