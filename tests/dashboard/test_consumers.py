@@ -132,6 +132,36 @@ async def test_bad_client_messages_get_an_error_not_a_crash(crawl, owner):
     await comm.disconnect()
 
 
+async def test_a_huge_message_closes_the_socket(crawl, owner):
+    from dashboard.consumers import CLOSE_TOO_BIG, MAX_MESSAGE_BYTES
+
+    comm = communicator(f"/ws/crawls/{crawl.code}/", owner)
+    assert (await comm.connect())[0]
+    await comm.receive_json_from(timeout=3)
+    await comm.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * MAX_MESSAGE_BYTES}))
+    output = await comm.receive_output(timeout=3)
+    assert output == {"type": "websocket.close", "code": CLOSE_TOO_BIG}
+
+
+async def test_a_flood_of_messages_closes_the_socket(crawl, owner):
+    from dashboard.consumers import BURST, CLOSE_POLICY
+
+    comm = communicator("/ws/crawls/", owner)
+    assert (await comm.connect())[0]
+    await comm.receive_json_from(timeout=3)
+    for _ in range(BURST + 20):
+        await comm.send_json_to({"type": "ping"})
+    outputs = []
+    while True:
+        output = await comm.receive_output(timeout=3)
+        outputs.append(output)
+        if output["type"] == "websocket.close":
+            break
+    assert output["code"] == CLOSE_POLICY
+    pongs = [o for o in outputs if o.get("text") == json.dumps({"type": "pong"})]
+    assert BURST - 5 <= len(pongs) <= BURST + 5  # the burst is answered, the flood is not
+
+
 async def test_overview_shows_only_the_users_own_crawls(crawl, owner, outsider):
     other_project = await sync_to_async(Project.objects.create)(owner=outsider, name="Theirs", definition=DEFINITION)
     other = await sync_to_async(Crawl.objects.create)(project=other_project, definition=DEFINITION, status=Crawl.RUNNING)

@@ -192,3 +192,69 @@ def test_crawl_whose_workers_all_died_stops_and_resumes_to_the_end(owner, monkey
         check_items_exactly_once(crawl, site)
     finally:
         site.stop()
+
+
+def test_a_custom_spider_class_runs_with_the_shared_queue_and_pipeline(owner):
+    """A definition naming the user's own Scrapy spider: every expected item exactly once."""
+    from dashboard.models import validate_definition
+
+    site = start_site(profile="demo")
+    try:
+        project = Project(owner=owner)
+        project.set_definition(validate_definition({
+            "name": "Custom spider", "start_urls": [site.url + "/"],
+            "spider": "tests.crawler.custom_spiders.ShopSpider",
+            "settings": {"CONCURRENT_REQUESTS": 8}, "workers": 2,
+        }))
+        project.save()
+        crawl = engine.launch(project)
+        procs = start_rq_workers(2)
+        conduct_until_done([crawl])
+        for proc in procs:
+            proc.wait(90)
+        assert crawl.status == Crawl.FINISHED, crawl.reason
+        check_items_exactly_once(crawl, site)
+        check_rules_respected(site)
+    finally:
+        site.stop()
+
+
+def test_a_spider_path_that_is_not_a_spider_is_refused():
+    from crawler.definition import DefinitionError
+    from dashboard.models import validate_definition
+
+    for path, message in [("tests.crawler.custom_spiders.NotASpider", "Spider"),
+                          ("tests.crawler.nowhere.Spider", "import"), ("not a path", "")]:
+        with pytest.raises(DefinitionError) as info:
+            validate_definition({"name": "x", "start_urls": ["http://127.0.0.1:9/"], "spider": path})
+        assert "spider" in info.value.errors
+        assert message.lower() in " ".join(info.value.errors["spider"]).lower()
+
+
+def test_an_rq_job_stopped_mid_crawl_loses_nothing(owner, monkeypatch):
+    """Stopping a worker's RQ job (django-rq's "stop" button) kills its work horse: the crawler
+    below it dies with it, its leased requests come back, the other worker finishes the crawl."""
+    import django_rq
+    from rq.command import send_stop_job_command
+
+    monkeypatch.setenv("CRAWLSITE_HEARTBEAT_TTL", "1.5")
+    site = start_site(profile="demo", delay_ms=200)
+    try:
+        crawl = engine.launch(make_project(owner, site, CONCURRENT_REQUESTS=2), workers=2)
+        procs = start_rq_workers(2)
+        conductor = Conductor(tick=0.1)
+        deadline = time.monotonic() + 60
+        while engine.job_statuses(crawl).get("w1") != "started" or crawl.items.count() < 2:
+            assert time.monotonic() < deadline, "w1 never started working"
+            conductor.hold_lock() and conductor.tick()
+            time.sleep(0.1)
+        send_stop_job_command(django_rq.get_connection("crawls"), engine.job_id(crawl.code, "w1"))
+        conductor.release()
+        conduct_until_done([crawl])
+        for proc in procs:
+            proc.wait(90)
+        assert crawl.status == Crawl.FINISHED, crawl.reason
+        assert engine.job_statuses(crawl)["w1"] in ("stopped", "failed")
+        check_items_exactly_once(crawl, site)
+    finally:
+        site.stop()
