@@ -31,7 +31,6 @@ from twisted.internet import task
 
 from . import keys
 from .connection import get_redis
-from .middlewares import LeaseTracker
 from .queue import LEASE_META
 
 if TYPE_CHECKING:

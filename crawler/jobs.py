@@ -9,7 +9,6 @@ code raises :class:`WorkerFailed` so RQ records the job as failed.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys

@@ -325,31 +325,8 @@ class Site:
 
         ``slow=False`` adds ``/slow/`` to the deny rules (the test profile's 30 s page).
         """
-        if self.catalog.profile.traps:
-            allow = ["/category/", "/product/", "/old/", "/files/", "/broken/", "/malformed/", "/slow/"]
-        else:
-            allow = ["/category/", "/product/"]
-        deny = ["/calendar/"] + ([] if slow else ["/slow/"])
-        return {
-            "name": f"Demo shop ({self.profile})",
-            "start_urls": [f"{self.url}/"],
-            "allowed_domains": [self.host],
-            "follow": {"allow": allow, "deny": deny},
-            "limits": {"max_depth": 0, "max_pages": 0, "max_items": 0, "max_duration": 0},
-            "item": {
-                "url_pattern": "/product/",
-                "selector": "",
-                "fields": [
-                    {"name": "title", "selector": "h1::text", "many": False},
-                    {"name": "sku", "selector": ".sku::text", "many": False},
-                    {"name": "price", "selector": ".price::text", "many": False},
-                    {"name": "category", "selector": ".category::text", "many": False},
-                ],
-            },
-            "spider": "",
-            "settings": {"CONCURRENT_REQUESTS": 16},
-            "workers": 1,
-        }
+        return recommended_definition(self.url, traps=self.catalog.profile.traps, slow=slow,
+                                      name=f"Demo shop ({self.profile})")
 
     def start(self) -> "Site":
         self._thread.start()
@@ -384,3 +361,33 @@ def start_site(profile: str = "test", host: str = "127.0.0.1", port: int = 0, de
                seed: int | None = None) -> Site:
     """Start the demo site in a background thread and return it (already accepting connections)."""
     return Site(profile, host, port, delay_ms, seed).start()
+
+
+def recommended_definition(url: str, traps: bool = False, slow: bool = True, name: str = "Demo shop") -> dict:
+    """The crawl definition of a demo site served at ``url`` (also the `make run` demo project)."""
+    url = url.rstrip("/")
+    if traps:
+        allow = ["/category/", "/product/", "/old/", "/files/", "/broken/", "/malformed/", "/slow/"]
+    else:
+        allow = ["/category/", "/product/"]
+    deny = ["/calendar/"] + ([] if slow else ["/slow/"])
+    return {
+        "name": name,
+        "start_urls": [f"{url}/"],
+        "allowed_domains": [urlsplit(url).hostname],
+        "follow": {"allow": allow, "deny": deny},
+        "limits": {"max_depth": 0, "max_pages": 0, "max_items": 0, "max_duration": 0},
+        "item": {
+            "url_pattern": "/product/",
+            "selector": "",
+            "fields": [
+                {"name": "title", "selector": "h1::text", "many": False},
+                {"name": "sku", "selector": ".sku::text", "many": False},
+                {"name": "price", "selector": ".price::text", "many": False},
+                {"name": "category", "selector": ".category::text", "many": False},
+            ],
+        },
+        "spider": "",
+        "settings": {"CONCURRENT_REQUESTS": 16},
+        "workers": 1,
+    }

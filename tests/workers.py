@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 _started = []
 
 
-def start_rq_workers(count):
+def start_rq_workers(count, **env_overrides):
     """``count`` burst RQ workers on queue ``crawls`` of the test Redis."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_overrides)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "rq.cli", "worker", "crawls", "--burst",

@@ -10,13 +10,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from scrapy import Request, Spider
+from scrapy import Spider
 from scrapy.exceptions import DropItem
 from scrapy.http import HtmlResponse
 from scrapy.utils.request import RequestFingerprinter
 
 from crawler import definition, keys, scripts, state
-from crawler.middlewares import LeaseTracker
 from crawler.pipelines import RedisItemPipeline
 from crawler.queue import RequestQueue
 from crawler.scheduler import RedisScheduler

@@ -5,7 +5,6 @@ import signal
 import time
 from collections import Counter
 
-import pytest
 
 from crawler import definition, keys, leases, state
 from helpers import conduct, start_worker, stream_items

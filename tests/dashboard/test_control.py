@@ -11,10 +11,7 @@ TTL 1 s) and every event is awaited by polling, never by a long fixed sleep.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from demosite import start_site
 from demosite.catalog import Profile
 from launcher.redis import EmbeddedRedis
 from tests.dashboard.test_engine import check_items_exactly_once, check_rules_respected, make_project
+from tests.workers import kill_tree, start_rq_workers as start_burst_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,32 +54,11 @@ def procs():
     yield started
     for proc in started:
         if proc.poll() is None:
-            _kill_tree(proc.pid)
-            proc.wait(10)
-
-
-def _kill_tree(pid):
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    for child in parent.children(recursive=True) + [parent]:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+            kill_tree(proc)
 
 
 def start_rq_workers(procs, count):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CRAWLSITE_HEARTBEAT_TTL=str(HEARTBEAT_TTL))
-    new = [
-        subprocess.Popen(
-            [sys.executable, "-m", "rq.cli", "worker", "crawls", "--burst",
-             "--serializer", "rq.serializers.JSONSerializer", "--url", os.environ["REDIS_URL"]],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for _ in range(count)
-    ]
+    new = start_burst_workers(count, CRAWLSITE_HEARTBEAT_TTL=str(HEARTBEAT_TTL))
     procs.extend(new)
     return new
 

@@ -1,10 +1,12 @@
 """Browser tests: Playwright driving Debian's Chromium against a real ASGI server."""
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from dashboard.conductor import Conductor
 from tests.servers import ThreadedServer
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -38,6 +40,20 @@ def live_asgi(transactional_db):
     server = ThreadedServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def conductor(live_asgi):
+    """The conductor loop of `make run`, in a thread beside the test server. It shares SQLite's
+    in-memory test database, whose locks fail at once instead of waiting: the conductor then
+    simply tries again on its next tick."""
+    stop = threading.Event()
+    conductor = Conductor(tick=0.1)
+    thread = threading.Thread(target=conductor.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    yield conductor
+    stop.set()
+    thread.join(10)
 
 
 @pytest.fixture

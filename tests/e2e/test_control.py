@@ -7,14 +7,11 @@ and clicking it does nothing.
 """
 
 import re
-import threading
 import time
 
 import pytest
-from django.db import OperationalError
 from playwright.sync_api import expect
 
-from dashboard.conductor import Conductor
 from dashboard.models import Crawl
 from demosite import start_site
 from demosite.catalog import Profile
@@ -32,29 +29,6 @@ def site():
     site = start_site(profile=PROFILE, delay_ms=200)
     yield site
     site.stop()
-
-
-@pytest.fixture
-def conductor():
-    """The conductor loop of `make run`, in a thread. Here it shares SQLite's in-memory test database
-    with the ASGI server's and the test's threads, whose shared-cache table locks fail at once
-    ("database table is locked") instead of waiting: such a tick is simply tried again."""
-    stop = threading.Event()
-    conductor = Conductor(tick=0.1)
-
-    def run():
-        while not stop.is_set():
-            try:
-                conductor.run(stop.is_set)
-            except OperationalError:
-                conductor.active = False
-                stop.wait(0.05)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield conductor
-    stop.set()
-    thread.join(10)
 
 
 @pytest.fixture

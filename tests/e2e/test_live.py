@@ -2,14 +2,12 @@
 crawl page update over the websocket until the crawl is finished."""
 
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from dashboard.conductor import Conductor
 from demosite import start_site
 from tests.dashboard.test_engine import start_rq_workers
 
@@ -21,17 +19,6 @@ def site():
     site = start_site(profile="test")
     yield site
     site.stop()
-
-
-@pytest.fixture
-def conductor():
-    stop = threading.Event()
-    conductor = Conductor(tick=0.25)
-    thread = threading.Thread(target=conductor.run, args=(stop.is_set,), daemon=True)
-    thread.start()
-    yield conductor
-    stop.set()
-    thread.join(10)
 
 
 def number(page, selector):

@@ -2,33 +2,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from dashboard.models import Project, validate_definition
+from demosite.server import recommended_definition
 
 DEMO_NAME = "Demo shop"
 
 
 def demo_definition(url):
-    base = url.rstrip("/")
-    host = base.split("://", 1)[1].split("/", 1)[0].split(":")[0]
-    return validate_definition({
-        "name": DEMO_NAME,
-        "start_urls": [f"{base}/"],
-        "allowed_domains": [host],
-        "follow": {"allow": ["/category/", "/product/"], "deny": []},
-        "limits": {"max_depth": 0, "max_pages": 0, "max_items": 0, "max_duration": 0},
-        "item": {
-            "url_pattern": "/product/",
-            "selector": "",
-            "fields": [
-                {"name": "title", "selector": "h1::text", "many": False},
-                {"name": "sku", "selector": ".sku::text", "many": False},
-                {"name": "price", "selector": ".price::text", "many": False},
-                {"name": "category", "selector": ".category::text", "many": False},
-            ],
-        },
-        "spider": "",
-        "settings": {"CONCURRENT_REQUESTS": 16},
-        "workers": 2,
-    })
+    return validate_definition({**recommended_definition(url, name=DEMO_NAME), "workers": 2})
 
 
 class Command(BaseCommand):
