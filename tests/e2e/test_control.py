@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 from dashboard.models import Crawl
 from demosite import start_site
 from demosite.catalog import Profile
-from tests.dashboard.test_control import _kill_tree
+from tests.workers import kill_tree
 from tests.dashboard.test_engine import (check_items_exactly_once, check_rules_respected, make_project,
                                          start_rq_workers)
 
@@ -38,7 +38,7 @@ def rq_workers():
     yield started
     for proc in started:
         if proc.poll() is None:
-            _kill_tree(proc.pid)
+            kill_tree(proc)
         proc.wait(10)
 
 
