@@ -65,7 +65,8 @@ class Conductor:
 
     def tick(self):
         """One pass over every active crawl."""
-        for crawl in Crawl.objects.active().select_related("project"):
+        crawls = list(Crawl.objects.active().select_related("project"))
+        for crawl in crawls:
             try:
                 self.watch(crawl)
             except RedisError:
@@ -77,14 +78,11 @@ class Conductor:
         except Exception:
             log.exception("conductor: overview update")
         self.sweep_cancelled()
-        active = set(Crawl.objects.active().values_list("code", flat=True))
-        for code in list(self.idle_since):
-            if code not in active:
-                del self.idle_since[code]
+        # Forget what was kept for crawls that ended (watch() moved their status in place).
+        active = {crawl.code for crawl in crawls if crawl.is_active}
+        self.idle_since = {code: t for code, t in self.idle_since.items() if code in active}
+        self.drained = {code: d for code, d in self.drained.items() if code in active}
         self.live.forget(active)
-        for code in list(self.drained):
-            if code not in active:
-                del self.drained[code]
 
     def sweep_cancelled(self):
         """A worker still closing when its crawl was cancelled may write its last state after the
