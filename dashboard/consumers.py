@@ -19,7 +19,6 @@ from dashboard.models import Crawl
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_BIG = 1009  # RFC 6455: message too big
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (here: too many messages)

@@ -218,13 +218,25 @@ def live_workers(crawl, counters):
     return sorted(alive | waiting, key=lambda w: int(w[1:]) if w[1:].isdigit() else 0)
 
 
+SCALABLE = (Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED)
+
+
+def allowed_statuses(action):
+    """Every status in which ``action`` applies, from the same rules that refuse it (for the
+    crawl page, which keeps its buttons in step with the live status)."""
+    if action == "scale":
+        return list(SCALABLE)
+    return [status for status, _label in Crawl.STATUS_CHOICES
+            if not refusal_reason(Crawl(code="x", status=status), action)]
+
+
 def scale(crawl, workers):
     """Run ``workers`` workers on a running or paused crawl: launch more, or retire the newest."""
     from dashboard.models import InvalidTransition
 
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
-    if crawl.status not in (Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED):
+    if crawl.status not in SCALABLE:
         raise InvalidTransition(f"Cannot scale crawl {crawl.code}: it is {crawl.status}.")
     redis = get_redis()
     current = live_workers(crawl, state.read_counters(redis, crawl.code))

@@ -126,16 +126,12 @@ def crawl_control(request, code, action):
 
 def crawl_controls(crawl):
     """The control buttons of a crawl, each with the statuses it applies in and why not now."""
-    buttons = [
-        ("pause", "Pause", "", [Crawl.RUNNING]),
-        ("resume", "Resume", "btn-primary", [Crawl.PAUSING, Crawl.PAUSED, Crawl.STOPPED]),
-        ("stop", "Stop", "", [Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED]),
-        ("cancel", "Cancel", "btn-danger", [Crawl.PAUSED, Crawl.STOPPED]),
-    ]
+    buttons = [("pause", "Pause", ""), ("resume", "Resume", "btn-primary"), ("stop", "Stop", ""),
+               ("cancel", "Cancel", "btn-danger")]
     return [
-        {"action": action, "label": label, "style": style, "allowed": allowed,
+        {"action": action, "label": label, "style": style, "allowed": engine.allowed_statuses(action),
          "refusal": engine.refusal_reason(crawl, action)}
-        for action, label, style, allowed in buttons
+        for action, label, style in buttons
     ]
 
 
@@ -143,7 +139,8 @@ def crawl_controls(crawl):
 def crawl_detail(request, code):
     crawl = _get_crawl_for_user(request, code)
     context = {"crawl": crawl, "controls": crawl_controls(crawl), **live.crawl_page_context(crawl)}
-    if crawl.status not in (Crawl.RUNNING, Crawl.PAUSING, Crawl.PAUSED):
+    context["scale_allowed"] = engine.allowed_statuses("scale")
+    if crawl.status not in engine.SCALABLE:
         context["scale_refusal"] = f"Only a running or paused crawl can be scaled; this one is {crawl.status}."
     return render(request, "dashboard/crawl_detail.html", context)
 

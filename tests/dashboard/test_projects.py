@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -168,3 +170,14 @@ def test_admin_uses_the_same_validator(client, staff, owner):
     assert response.status_code == 200
     assert "start_urls.0" in response.content.decode()
     assert not Project.objects.exists()
+
+
+def test_crawl_page_buttons_know_where_each_action_applies(owner_client, owner):
+    """The data-allowed lists the page's script uses come from the rules the server enforces."""
+    project = project_for(owner)
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING)
+    html = owner_client.get(crawl.get_absolute_url()).content.decode()
+    for action, allowed in [("pause", "running"), ("resume", "pausing paused stopped"),
+                            ("stop", "running pausing paused"), ("cancel", "paused stopped"),
+                            ("scale", "running pausing paused")]:
+        assert re.search(rf'data-action="{action}"\s+data-allowed="{allowed}"', html), action
