@@ -1,6 +1,7 @@
 """A no-op Scrapy extension used by bench/engine_bench.py on BOTH sides (plain Scrapy and Crawlsite
 workers): prints, on stdout, the wall-clock time the spider opened, the first time the engine went
-idle, and at close the number of pages received (robots.txt excluded). Nothing else."""
+idle, and at close the number of pages received (robots.txt excluded) and the CPU time the process
+used from spider_opened to the last of those pages. Nothing else."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class BenchProbe:
     def __init__(self) -> None:
         self.pages = 0
         self.idle_at = None
+        self.cpu_opened = 0.0
+        self.cpu_last_page = 0.0
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -28,6 +31,7 @@ class BenchProbe:
         print("BENCH", *words, flush=True, file=sys.stdout)
 
     def spider_opened(self, spider) -> None:
+        self.cpu_opened = self.cpu_last_page = time.process_time()
         self._say("opened", repr(time.time()))
 
     def spider_idle(self, spider) -> None:
@@ -38,6 +42,8 @@ class BenchProbe:
     def response_received(self, response, request, spider=None) -> None:
         if not response.url.endswith("/robots.txt"):
             self.pages += 1
+            self.cpu_last_page = time.process_time()
 
     def spider_closed(self, spider, reason) -> None:
-        self._say("closed", repr(time.time()), self.pages, reason)
+        # CPU seconds of this process from spider_opened to the last page received
+        self._say("closed", repr(time.time()), self.pages, reason, repr(self.cpu_last_page - self.cpu_opened))

@@ -59,21 +59,20 @@ class RedisDupeFilter:
         redis.hsetnx(self.stats_key, "seen_buckets", int(buckets))
         self.buckets = int(redis.hget(self.stats_key, "seen_buckets"))
         self.cache_size = cache_size
-        self._known: set[int] = set()  # (bucket << 64 | value) already seen crawl-wide
+        # fingerprints already seen crawl-wide, by their first 12 bytes: the bytes that make the
+        # stored value (0-7) and choose the bucket (8-11), so a local hit is a Redis duplicate too
+        self._known: set[bytes] = set()
         self.local_duplicates = 0
         self._unreported = 0
 
-    def _cache_key(self, bucket: int, value: int) -> int:
-        return (bucket << 64) | (value & 0xFFFFFFFFFFFFFFFF)
-
-    def _remember(self, key: int) -> None:
+    def _remember(self, key: bytes) -> None:
         if len(self._known) >= self.cache_size:
             self._known.clear()  # cheap and bounded; Redis stays the source of truth
         self._known.add(key)
 
     def known(self, fp: bytes) -> bool:
         """True if this worker already knows the fingerprint is seen (no Redis round trip)."""
-        return self._cache_key(*fingerprint_parts(fp, self.buckets)) in self._known
+        return fp[:12] in self._known
 
     def count_duplicate(self) -> None:
         """A duplicate found by the caller in the local cache: reported with the next batch."""
@@ -105,12 +104,12 @@ class RedisDupeFilter:
                 args += [0, 0, int(priority), data]
                 local.append(None)
                 continue
-            bucket, value = fingerprint_parts(fp, self.buckets)
-            ck = self._cache_key(bucket, value)
+            ck = fp[:12]
             if ck in self._known:
                 args[0] += 1
                 local.append(False)
                 continue
+            bucket, value = fingerprint_parts(fp, self.buckets)
             if bucket not in bucket_keys:
                 kv.append(keys.seen_bucket(self.code, bucket))
                 bucket_keys[bucket] = len(kv)

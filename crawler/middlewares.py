@@ -5,14 +5,16 @@ only once everything it produced is in Redis:
 
 * a response: when the callback's output is exhausted (seen by :class:`LeaseSpiderMiddleware`,
   the outermost spider middleware), every request it yielded has been handed to the scheduler
-  (``request_scheduled`` signal) and every item it yielded was buffered for Redis by
+  (which calls :meth:`LeaseTracker.request_scheduled` for every request it is given) and every
+  item it yielded was buffered for Redis by
   :class:`crawler.pipelines.RedisItemPipeline` (:meth:`LeaseTracker.item_stored`) or left the item
   pipelines otherwise (``item_scraped`` / ``item_dropped`` / ``item_error``);
 * a download error or IgnoreRequest without an errback (seen by :class:`LeaseDownloaderMiddleware`,
   the outermost downloader middleware): at once, nothing else comes of it;
 * a redirect or retry (a downloader middleware returned a new request, which carries the lease in
-  its meta): when the new request reaches the scheduler (``request_scheduled``);
-* anything else (an errback, an exception in a middleware): when the worker is idle, i.e. when the
+  its meta): when the new request reaches the scheduler;
+* anything else (an errback, an exception in a middleware, a request that a ``request_scheduled``
+  signal handler dropped before it reached the scheduler): when the worker is idle, i.e. when the
   downloader and the scraper have nothing in progress, every lease still held is finished.
 
 Releases are batched by the scheduler with its pending enqueues and the pipeline's buffered items,
@@ -39,12 +41,14 @@ logger = logging.getLogger(__name__)
 
 
 class Lease:
-    __slots__ = ("released_in", "id", "request", "fingerprint", "state", "pending", "callback_done", "item_ids", "next_index")
+    __slots__ = ("released_in", "id", "request", "response", "fingerprint", "state", "pending", "callback_done",
+                 "item_ids", "next_index")
 
     def __init__(self, lease_id: str, request: Request, fingerprint: str):
         self.id = lease_id
         self.request = request
         self.fingerprint = fingerprint
+        self.response: Any = None
         self.state = "download"  # download -> response -> callback -> done
         self.pending = 0  # requests and items yielded and not yet in Redis
         self.callback_done = False
@@ -71,7 +75,6 @@ class LeaseTracker:
         tracker = cls._by_crawler.get(crawler)
         if tracker is None:
             tracker = cls._by_crawler[crawler] = cls()
-            crawler.signals.connect(tracker.request_scheduled, signal=signals.request_scheduled)
             for sig in (signals.item_scraped, signals.item_dropped, signals.item_error):
                 crawler.signals.connect(tracker.item_finished, signal=sig)
         return tracker
@@ -94,9 +97,8 @@ class LeaseTracker:
         lease.state = "done"
         self.leases.pop(lease.id, None)
         self.by_request.pop(lease.request, None)
-        for response, owner in list(self.by_response.items()):
-            if owner is lease:
-                del self.by_response[response]
+        if lease.response is not None:
+            self.by_response.pop(lease.response, None)
         for item_id in lease.item_ids:
             self.item_keys.pop(item_id, None)
             self.item_leases.pop(item_id, None)
@@ -127,6 +129,7 @@ class LeaseTracker:
         lease = self.by_request.get(request)
         if lease is not None and lease.state == "download":
             lease.state = "response"
+            lease.response = response
             self.by_response[response] = lease
 
     def download_failed(self, request: Request) -> None:
@@ -226,14 +229,13 @@ class LeaseSpiderMiddleware:
 
     def __init__(self, tracker: LeaseTracker):
         self.tracker = tracker
+        # Scrapy's process_spider_output hook is the tracker's own async generator: every output
+        # of every callback passes here, so one generator layer rather than two
+        self.process_spider_output = tracker.wrap_output
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> LeaseSpiderMiddleware:
         return cls(LeaseTracker.for_crawler(crawler))
-
-    async def process_spider_output(self, response: Response, result: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        async for out in self.tracker.wrap_output(response, result):
-            yield out
 
     def process_spider_exception(self, response: Response, exception: Exception) -> None:
         self.tracker.callback_failed(response)

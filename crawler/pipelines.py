@@ -8,9 +8,12 @@ Items are buffered and written by one Lua call per batch (``scripts.ADD_ITEMS``)
 scheduler's round trip (:meth:`crawler.scheduler.RedisScheduler.flush`): requests enqueued, then
 items, then lease releases, so a lease is never released before its items are in Redis. The item
 is handed to the lease tracker as soon as it is buffered (the write that carries it comes before
-any release), and ``process_item`` returns once it is written. ``limits.max_items`` holds exactly
-across workers: the counter check and the XADDs are one Lua step; an item over the limit is not
-written and raises DropItem (and sets ``stats['limit:max_items']``).
+any release). ``process_item`` returns then too, unless ``limits.max_items`` is set: the item is
+as good as in Redis once buffered (if the worker dies first, its page's lease is still held and
+the page is crawled again), and a failed write is logged by the scheduler. With ``max_items``,
+``process_item`` waits for the verdict of the write: the limit holds exactly across workers, as
+the counter check and the XADDs are one Lua step; an item over the limit is not written and raises
+DropItem (and sets ``stats['limit:max_items']``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class RedisItemPipeline:
         self.stats = stats
         self.crawler = crawler
         self.keys = [keys.stats(code), keys.items(code)]
-        self._pending: list[tuple[list[str], Deferred]] = []  # ([key, url, data], fired when written)
+        self._pending: list[tuple[list[str], Deferred | None]] = []  # ([key, url, data], fired when written)
         self._writer: Any = None  # the RedisScheduler, which writes our batch in its round trip
         self._flush_call = None
 
@@ -67,7 +70,8 @@ class RedisItemPipeline:
             self._writer = scheduler
 
     def close_spider(self) -> None:
-        self.flush()  # the scraper is idle by now: normally nothing is left
+        # the scraper is idle by now: normally nothing is left
+        self._writer.flush() if self._writer is not None else self.flush()
 
     async def process_item(self, item: Any) -> Any:
         data = ItemAdapter(item).asdict()
@@ -75,7 +79,7 @@ class RedisItemPipeline:
         key = self.tracker.item_key(item) if self.tracker is not None else None
         if key is None:  # not from a tracked response (e.g. yielded by start()): key by content
             key = "item:" + hashlib.sha1(payload.encode("utf-8")).hexdigest()
-        written: Deferred = Deferred()
+        written: Deferred | None = Deferred() if self.max_items > 0 else None  # only a limit needs the verdict
         self._pending.append(([key, str(data.get("url", "")), payload], written))
         if self.tracker is not None:
             self.tracker.item_stored(item)  # may release its lease: in the same round trip, after it
@@ -85,7 +89,7 @@ class RedisItemPipeline:
             from twisted.internet import reactor
 
             self._flush_call = reactor.callLater(0, self.flush)
-        if not await maybe_deferred_to_future(written):
+        if written is not None and not await maybe_deferred_to_future(written):
             if self.stats is not None:
                 self.stats.inc_value("crawlsite/items_over_limit")
             raise DropItem(f"limits.max_items ({self.max_items}) reached")
@@ -94,7 +98,11 @@ class RedisItemPipeline:
         return item
 
     # -- batch ---------------------------------------------------------------------------------
-    def take_batch(self) -> tuple[scripts.Call, list[Deferred]] | None:
+    @property
+    def buffered(self) -> bool:
+        return bool(self._pending)
+
+    def take_batch(self) -> tuple[scripts.Call, list[Deferred | None]] | None:
         """The buffered items as one script call, and what to fire with its result."""
         if not self._pending:
             return None
@@ -105,9 +113,11 @@ class RedisItemPipeline:
         return scripts.ADD_ITEMS.call(self.keys, args), [d for _, d in pending]
 
     @staticmethod
-    def batch_written(deferreds: list[Deferred], result: Any) -> None:
+    def batch_written(deferreds: list[Deferred | None], result: Any) -> None:
         """Fire each item's Deferred: True (in the stream), False (over max_items), or the error."""
         for i, d in enumerate(deferreds):
+            if d is None:  # nobody waits for this one
+                continue
             if isinstance(result, BaseException):
                 d.errback(result)
             else:

@@ -2,21 +2,36 @@
 
 * ``enqueue_request``: dedupe with Scrapy's request fingerprinter, first against a worker-local
   cache, then crawl-wide in one Lua step per batch (:mod:`crawler.dupefilter`). Requests are
-  buffered and flushed in batches: when the batch is full, when control returns to the reactor,
-  and always before a lease is released or a request is popped.
+  buffered and written in batches (below), always before the release of the lease they belong
+  to. Each request is stored with its fingerprint, which the worker that pops it reuses (the
+  item keys are made from it).
 * ``next_request``: pops (leases) requests of the crawl's shared queue (:mod:`crawler.queue`),
   up to ``CRAWLSITE_POP_BATCH`` (default 8) per round trip and never more than the downloader has
   free slots for, so that every request popped starts at once (Scrapy's engine keeps asking while
   it has free slots) and no worker hoards work another could do; ``max_pages`` is enforced by the
   pop script. A lease is released when its request is finished (:mod:`crawler.middlewares`); the
   leases of requests popped but not started (engine paused) go back to the queue on close.
-* ``flush``: one round trip (EVALSHA, :mod:`crawler.scripts`) writes the buffered requests, then
-  the item pipeline's buffered items (:mod:`crawler.pipelines`), then releases the finished leases.
+* No waiting for Redis under the reactor: writes and pops go on the scheduler's own connection
+  (:class:`crawler.scripts.Channel`), and their replies are read when they arrive, so the worker
+  goes on parsing while Redis works.
+
+  - Writes: one batch of script calls (EVALSHA, :mod:`crawler.scripts`) writes the buffered
+    requests, then the item pipeline's buffered items (:mod:`crawler.pipelines`), then releases
+    the finished leases; it is sent when control returns to the reactor. One batch is in flight
+    at a time; what is buffered meanwhile goes in the next batch, sent when the reply comes (the
+    reply also lets the item pipeline go on). The connection keeps the order, so a lease is still
+    released only after everything it produced is in Redis.
+  - Pops: when the engine asks and nothing is ready, ``next_request`` sends a pop (with the
+    buffered writes, unless a batch is in flight) and answers None; the reply puts the requests
+    in the ready queue and hands the first to the public ``engine.crawl(request)``, which calls
+    ``enqueue_request`` (the scheduler recognizes its own ready request and keeps it) and makes
+    the engine ask again at once.
+  - Without a reactor (``CRAWLSITE_IDLE_POLL`` 0, unit tests), pops wait for their reply;
+    ``flush()`` always does (ticks, close, tests).
 * Idle wake-up: Scrapy's engine polls an empty scheduler only every 5 seconds (its slot
   heartbeat) unless something calls ``engine.crawl()``. When the last pop found the queue empty,
-  a looping call (``CRAWLSITE_IDLE_POLL``, default 0.1 s) pops again; a request it gets is kept
-  ready and handed to the public ``engine.crawl(request)``, which calls ``enqueue_request`` (the
-  scheduler recognizes its own ready request and keeps it local) and wakes the engine at once.
+  a looping call (``CRAWLSITE_IDLE_POLL``, default 0.1 s) pops again, and its reply wakes the
+  engine as above.
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ from . import keys, scripts
 from .connection import get_redis
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
 from .middlewares import Lease, LeaseTracker
-from .queue import RequestQueue, request_from_json, request_to_json
+from .queue import RequestQueue, request_from_json, request_to_json, return_leases
 
 if TYPE_CHECKING:
     import redis
@@ -69,8 +84,13 @@ class RedisScheduler(BaseScheduler):
         self._ready: deque[Request] = deque()
         self._waking: set[Request] = set()
         self._starved = False
+        self._popping = False  # a pop is in flight (its reply hands the requests to the engine)
+        self._closing = False
         self._flush_call = None
         self._loop: task.LoopingCall | None = None
+        self.channel = scripts.Channel(redis)
+        self._filtered = 0  # duplicates found in the local cache, not yet in the stats
+        self._losses_seen = 0  # connection losses of the channel already looked after
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisScheduler:
@@ -93,7 +113,10 @@ class RedisScheduler(BaseScheduler):
     # -- Scrapy scheduler API ------------------------------------------------------------------
     def open(self, spider: Spider) -> None:
         self.spider = spider
-        if self.idle_poll > 0:
+        if self.idle_poll > 0:  # under a running reactor: pops and writes do not wait for Redis
+            from twisted.internet import reactor
+
+            self.channel.reactor = reactor
             self._loop = task.LoopingCall(self._tick)
             self._loop.start(self.idle_poll, now=False)
         logger.info("Redis scheduler for crawl %s, worker %s (%d requests queued)",
@@ -102,34 +125,49 @@ class RedisScheduler(BaseScheduler):
     def close(self, reason: str) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self._closing = True
+        self.channel.wait()  # a pop in flight lands in the ready queue, and goes back with it
         for request in self._ready:  # popped, never started: back to the queue with the rest
             self.tracker.forget(request)
         self._ready.clear()
         self.tracker.finish_all() if reason == "finished" else None
-        self.flush()
+        if self._filtered:
+            self._inc("dupefilter/filtered", self._filtered)
+            self._filtered = 0
+        try:
+            self.flush()
+        finally:
+            self.channel.close()
         returned = self.queue.return_leases()  # anything still leased was not finished
         if returned:
             logger.info("Returned %d unfinished requests to the queue (%s)", returned, reason)
             self._inc("crawlsite/leases_returned", returned)
 
     def has_pending_requests(self) -> bool:
-        return bool(self._ready or self._buffer)
+        return bool(self._ready or self._buffer or self._popping)
 
     def enqueue_request(self, request: Request) -> bool:
         if request in self._waking:  # our own ready request, handed over by engine.crawl()
             self._waking.discard(request)
             self._ready.appendleft(request)
             return True
+        accepted = self._buffer_request(request)
+        # told here rather than by the request_scheduled signal (one receiver less per link);
+        # after the request is buffered, as the lease it belongs to may be finished now
+        self.tracker.request_scheduled(request)
+        return accepted
+
+    def _buffer_request(self, request: Request) -> bool:
         fp = None
         if not request.dont_filter:
             fp = self.fingerprinter.fingerprint(request)
             if self.df.known(fp):
-                self._inc("dupefilter/filtered")
+                self._filtered += 1  # added to the stats with the next batch
                 self.df.count_duplicate()  # reported crawl-wide with the next batch
                 return False
         try:
-            data = request_to_json(request, self.spider)
-        except ValueError as exc:  # e.g. a callback that is not a spider method
+            data = request_to_json(request, self.spider, fp)
+        except (TypeError, ValueError) as exc:  # e.g. a callback that is not a spider method
             logger.error("Cannot serialize %s: %s", request, exc)
             self._inc("crawlsite/unserializable")
             return False
@@ -142,8 +180,10 @@ class RedisScheduler(BaseScheduler):
 
     def next_request(self) -> Request | None:
         if not self._ready:
-            self.flush()
-            self._starved = self._pop(self._free_slots()) == 0
+            if self.channel.reactor is None:  # no reactor (tests): pop and wait
+                self._starved = self._pop(self._free_slots()) == 0
+            else:  # the reply hands what it got to the engine (see wake())
+                self._pop_soon(self._free_slots())
         return self._ready.popleft() if self._ready else None
 
     def wake(self) -> None:
@@ -173,17 +213,57 @@ class RedisScheduler(BaseScheduler):
         return max(1, min(self.pop_batch, free))
 
     def _pop(self, count: int = 1) -> int:
-        """Lease up to ``count`` requests into the ready queue; return how many."""
-        status, members = self.queue.pop_many(self.max_pages, count)
+        """Lease up to ``count`` requests into the ready queue and wait; return how many.
+
+        The buffered writes go first, in the same round trip (after the batch in flight)."""
+        self.channel.wait()
+        writes = self._take_writes()
+        calls, written = writes if writes is not None else ([], None)
+        try:
+            results = self.channel.call([*calls, self.queue.pop_call(self.max_pages, count)])
+        except Exception as exc:
+            if written is not None:
+                written(exc)
+            raise
+        if written is not None:
+            written(results[:-1])
+        return self._lease(results[-1])
+
+    def _pop_soon(self, count: int = 1) -> None:
+        """Send a pop of up to ``count`` requests, after the buffered writes (unless a batch is in
+        flight); do not wait: :meth:`_popped` takes the reply."""
+        if self._popping or self._closing:
+            return
+        self._send_writes()
+        self._popping = True
+        # a batch of its own: writes are sent again after a lost connection, a pop never is
+        self.channel.send([self.queue.pop_call(self.max_pages, count)], self._popped)
+
+    def _popped(self, result: Any) -> None:
+        self._popping = False
+        if isinstance(result, Exception):
+            logger.error("Popping requests from Redis failed: %s", result)
+            self._starved = True  # the next tick tries again
+        else:
+            self._starved = self._lease(result[-1]) == 0
+            if not self._starved and not self._closing:
+                self.wake()
+        if self._has_writes():
+            self.schedule_flush()
+
+    def _lease(self, result: list[Any]) -> int:
+        """Take the requests of a pop's result into the ready queue; return how many."""
+        status, members = self.queue.popped(result)
         if status != "ok":
             if status == "limit" and not self.limit_reached:
                 logger.info("Page limit (%d) reached for crawl %s", self.max_pages, self.code)
             self.limit_reached = status == "limit"
             return 0
         for member in members:
-            request, lease_id = request_from_json(member, self.spider)
-            fp = self.fingerprinter.fingerprint(request).hex()
-            self.tracker.add(lease_id, request, fp)
+            request, lease_id, fp = request_from_json(member, self.spider)
+            if fp is None:  # dont_filter requests are enqueued without one
+                fp = self.fingerprinter.fingerprint(request)
+            self.tracker.add(lease_id, request, fp.hex())
             self._ready.append(request)
         self._inc("crawlsite/popped", len(members))
         return len(members)
@@ -194,20 +274,64 @@ class RedisScheduler(BaseScheduler):
         self.schedule_flush()
 
     def schedule_flush(self) -> None:
-        """Flush when control returns to the reactor."""
+        """Send the buffered writes when control returns to the reactor."""
         if self._flush_call is None or not self._flush_call.active():
             from twisted.internet import reactor  # imported here: importing it installs one
 
-            self._flush_call = reactor.callLater(0, self.flush)
+            self.channel.reactor = reactor  # it reads the replies as they arrive
+            self._flush_call = reactor.callLater(0, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_call = None
+        self._send_writes()
+
+    def _send_writes(self) -> None:
+        """Send the buffered writes as one batch, without waiting for its reply."""
+        if self.channel.busy:  # the reply of the batch in flight sends this one
+            return
+        writes = self._take_writes()
+        if writes is None:
+            return
+        calls, written = writes
+        if calls:
+            self.channel.send(calls, lambda result: self._writes_done(written, result), resend=True)
+        else:
+            written([])
+
+    def _writes_done(self, written: Any, result: Any) -> None:
+        if isinstance(result, Exception):
+            logger.error("Writing to Redis failed: %s", result)
+        written(result)
+        if self._has_writes():
+            self.schedule_flush()
+
+    def _has_writes(self) -> bool:
+        return bool(self._buffer or self._to_release or (self.item_writer is not None and self.item_writer.buffered))
 
     def flush(self) -> None:
-        """Write buffered requests, then buffered items, then release finished leases: one round trip."""
+        """Write buffered requests, then buffered items, then release finished leases: one round
+        trip, after the batch in flight; return once it is done."""
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self.channel.wait()
+        writes = self._take_writes()
+        if writes is None:
+            return
+        calls, written = writes
+        try:
+            results = self.channel.call(calls) if calls else []
+        except Exception as exc:
+            written(exc)
+            raise
+        written(results)
+
+    def _take_writes(self) -> tuple[list[scripts.Call], Any] | None:
+        """The buffered writes as script calls (new requests, items, releases, in this order) and
+        the function to call with their results (or the error); None if nothing is buffered."""
         items = self.item_writer.take_batch() if self.item_writer is not None else None
         if not self._buffer and not self._to_release and items is None:
-            return
+            return None
         buffer, self._buffer = self._buffer, []
         release, self._to_release = self._to_release, []
         calls = []
@@ -218,18 +342,37 @@ class RedisScheduler(BaseScheduler):
             calls.append(items[0])
         if release:
             calls.append(self.queue.release_call(release))
-        try:
-            results = scripts.run(self.redis, calls)
-        except Exception as exc:
-            if items is not None:
-                self.item_writer.batch_written(items[1], exc)
-            raise
-        if buffer:
+
+        def written(results: Any) -> None:
+            if isinstance(results, Exception):
+                if items is not None:
+                    self.item_writer.batch_written(items[1], results)
+                return
             new = sum(int(f) for f in results[0]) if enqueue is not None else 0
-            self._inc("crawlsite/enqueued", new)
-            self._inc("dupefilter/filtered", len(buffer) - new)
-        if items is not None:  # last: this resumes the item pipeline
-            self.item_writer.batch_written(items[1], results[1 if enqueue is not None else 0])
+            if new:
+                self._inc("crawlsite/enqueued", new)
+            filtered, self._filtered = len(buffer) - new + self._filtered, 0
+            if filtered:
+                self._inc("dupefilter/filtered", filtered)
+            if items is not None:  # last: this resumes the item pipeline
+                self.item_writer.batch_written(items[1], results[1 if enqueue is not None else 0])
+
+        return calls, written
+
+    def return_unknown_leases(self) -> int:
+        """Put back in the queue the requests Redis holds as leased by this worker that the worker
+        does not know of: a pop whose reply a lost connection took. Call it with no pop in flight
+        and no write batch unsent (else a lease could be returned while it is being taken or
+        released); return how many went back."""
+        losses = self.channel.losses
+        known = set(self.tracker.leases) | set(self._to_release)
+        unknown = [i for i in self.redis.hkeys(self.queue.leases_key) if i not in known]
+        returned = return_leases(self.redis, self.code, self.worker, unknown)
+        if returned:
+            logger.warning("Returned %d requests leased by a pop whose reply was lost", returned)
+            self._inc("crawlsite/leases_returned_unknown", returned)
+        self._losses_seen = losses
+        return returned
 
     def _engine_idle(self) -> bool:
         engine = getattr(self.crawler, "engine", None)
@@ -239,7 +382,11 @@ class RedisScheduler(BaseScheduler):
 
     def _tick(self) -> None:
         try:
-            self.flush()
+            self.channel.retry()  # writes a lost connection left unsent
+            if self.channel.losses != self._losses_seen and not self.channel.busy and not self._popping:
+                self.return_unknown_leases()
+            if self._has_writes():  # normally scheduled already: a safety net, without waiting
+                self.schedule_flush()
             engine = getattr(self.crawler, "engine", None)
             if engine is None or engine.spider is None:
                 return
@@ -249,11 +396,6 @@ class RedisScheduler(BaseScheduler):
                 self._inc("crawlsite/leases_released_idle", released)
                 self.flush()
             if self._starved and not engine.paused and not self._ready and not self._waking:
-                if self._pop(self._free_slots()):
-                    self._starved = False
-                    request = self._ready.popleft()
-                    self._waking.add(request)
-                    engine.crawl(request)  # -> enqueue_request() keeps it ready; wakes the engine
-                    self._waking.discard(request)
+                self._pop_soon(self._free_slots())  # its reply wakes the engine
         except Exception:
             logger.exception("Redis scheduler tick failed")

@@ -16,14 +16,22 @@ missing too (the dashboard loads only the enqueue and return scripts, which rele
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Sequence
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from twisted.internet.interfaces import IReadDescriptor
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     import redis
 
+logger = logging.getLogger(__name__)
+
 Call = tuple["Script", Sequence[Any], Sequence[Any]]  # (script, keys, args)
+_Batch = tuple[Sequence[Call], Callable[[Any], None], bool]  # (calls, on_reply, resend)
 
 SCRIPTS: list[Script] = []
 
@@ -61,16 +69,202 @@ def run(redis: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     pipe = redis.pipeline(transaction=False)
     for script, keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-    results = pipe.execute(raise_on_error=False)
+    results = _reload_missing(redis, calls, pipe.execute(raise_on_error=False))
+    for res in results:
+        if isinstance(res, Exception):
+            raise res
+    return results
+
+
+def _reload_missing(redis: redis.Redis, calls: Sequence[Call], results: list[Any]) -> list[Any]:
+    """Results with every NOSCRIPT reply replaced by the result of running that call again."""
     missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
     if missing:
         load_all(redis)
         for i, res in zip(missing, run(redis, [calls[i] for i in missing])):
             results[i] = res
-    for res in results:
-        if isinstance(res, Exception):
-            raise res
     return results
+
+
+class Channel:
+    """Script calls on a connection of their own, sent without waiting for the replies.
+
+    A worker's writes (new requests, items, lease releases) must reach Redis in the order they are
+    made, but the worker need not stop while Redis runs them. :meth:`send` writes a batch of calls
+    to the socket and returns; the replies are read as soon as they arrive (when a reactor is
+    given, it watches the socket) or when a caller needs them (:meth:`wait`, :meth:`call`, which
+    first read every reply still due). One connection keeps the order: Redis runs the commands of
+    a connection one after the other, and replies come back in the same order.
+
+    ``on_reply`` of a batch gets the list of results, or the first error (a Lua error, say). A
+    NOSCRIPT reply loads the scripts and runs that call again, as :func:`run` does.
+
+    A lost connection (Redis restarted, a network blip) drops the connection and fails the batches
+    whose replies were due, except those sent with ``resend=True``: they are kept, in order, and
+    sent again on a new connection before anything else, at the next :meth:`send` or
+    :meth:`retry`. Such a batch may run twice (its reply may be what was lost), so only batches
+    that may run twice are sent that way: the scheduler's writes (a request enqueued twice is a
+    duplicate the second time, a release twice releases once, an item twice has the same key and
+    is stored once), never a pop. A pop whose reply was lost may still have leased requests:
+    :attr:`losses` tells the caller to look (see ``RedisScheduler.return_unknown_leases``).
+    """
+
+    def __init__(self, redis: redis.Redis, reactor: Any = None):
+        self.redis = redis
+        self.reactor = reactor
+        self.conn: Any = None
+        self.due: deque[_Batch] = deque()  # sent, reply not read yet
+        self.unsent: deque[_Batch] = deque()  # to send, before anything else
+        self.losses = 0  # connections lost so far
+        self._reader: _ReplyReader | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True while replies are due or batches wait to be sent again."""
+        return bool(self.due or self.unsent)
+
+    def send(self, calls: Sequence[Call], on_reply: Callable[[Any], None], resend: bool = False) -> None:
+        self.unsent.append((calls, on_reply, resend))
+        self._send_unsent()
+
+    def retry(self) -> None:
+        """Send again what a lost connection left unsent (called from a timer)."""
+        if self.unsent:
+            self._send_unsent()
+
+    def call(self, calls: Sequence[Call]) -> list[Any]:
+        """Run ``calls`` now, after every batch sent before; return their results or raise."""
+        box: list[Any] = []
+        self.send(calls, box.append)
+        self.wait()
+        if not box:  # still unsent: the connection is down
+            raise RedisConnectionError("Redis is unreachable")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def wait(self) -> None:
+        """Send what waits to be sent, then read every reply still due (blocking)."""
+        self._send_unsent()
+        try:
+            while self.due:
+                self._read_batch()
+        except Exception as exc:
+            self._lost(exc)
+
+    def poll(self) -> None:
+        """Read the replies that have arrived (the reactor saw the socket readable)."""
+        try:
+            while self.due and self.conn.can_read(timeout=0):
+                self._read_batch()
+            if not self.due and self.conn.can_read(timeout=0):
+                # readable with nothing due: the server closed the connection
+                raise RedisConnectionError("Redis closed the connection")
+        except Exception as exc:
+            self._lost(exc)
+
+    def close(self) -> None:
+        self.wait()
+        self._unwatch()
+        if self.conn is not None:
+            self.redis.connection_pool.release(self.conn)
+            self.conn = None
+
+    def _send_unsent(self) -> None:
+        while self.unsent:
+            calls, on_reply, resend = self.unsent[0]
+            try:
+                if self.conn is None:
+                    self.conn = self.redis.connection_pool.get_connection()
+                packed = self.conn.pack_commands(
+                    [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls])
+            except RedisConnectionError as exc:
+                self._lost(exc)
+                return
+            except Exception as exc:  # an argument Redis cannot take: this batch fails alone
+                self.unsent.popleft()
+                self._reply(on_reply, exc)
+                continue
+            try:
+                # a health check (PING after a long idle time) is only possible with no reply due
+                self.conn.send_packed_command(packed, check_health=not self.due)
+            except Exception as exc:
+                self._lost(exc)
+                return
+            self.due.append(self.unsent.popleft())
+            self._watch()
+
+    def _read_batch(self) -> None:
+        calls, on_reply, _ = self.due[0]
+        results: list[Any] = []
+        for _ in calls:
+            try:
+                results.append(self.conn.read_response())
+            except ResponseError as exc:
+                results.append(exc)
+        self.due.popleft()
+        try:
+            results = _reload_missing(self.redis, calls, results)
+        except Exception as exc:  # loading the scripts failed: so does this batch
+            results = [exc]
+        error = next((res for res in results if isinstance(res, Exception)), None)
+        self._reply(on_reply, error if error is not None else results)
+
+    def _lost(self, exc: Exception) -> None:
+        """The connection failed: drop it; batches to send again wait, the others fail."""
+        self._unwatch()
+        if self.conn is not None:
+            self.conn.disconnect()
+        self.losses += 1
+        batches = [*self.due, *self.unsent]
+        self.due = deque()
+        self.unsent = deque(batch for batch in batches if batch[2])
+        logger.warning("Redis connection lost (%s); %d write batches kept, to be sent again on a new one",
+                       exc, len(self.unsent))
+        for _, on_reply, resend in batches:  # after the state is set: a reply may send more
+            if not resend:
+                self._reply(on_reply, exc)
+
+    @staticmethod
+    def _reply(on_reply: Callable[[Any], None], result: Any) -> None:
+        try:
+            on_reply(result)
+        except Exception:
+            logger.exception("Handling a Redis reply failed")
+
+    def _watch(self) -> None:
+        """Have the reactor watch the connection (from the first send until it is dropped)."""
+        sock = getattr(self.conn, "_sock", None)
+        if self.reactor is None or self._reader is not None or sock is None:
+            return
+        self._reader = _ReplyReader(self, sock.fileno())
+        self.reactor.addReader(self._reader)
+
+    def _unwatch(self) -> None:
+        if self._reader is not None:
+            self.reactor.removeReader(self._reader)
+            self._reader = None
+
+
+@implementer(IReadDescriptor)
+class _ReplyReader:
+    """What the reactor watches while a :class:`Channel` has replies due."""
+
+    def __init__(self, channel: Channel, fd: int):
+        self.channel = channel
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        self.channel.poll()
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "crawlsite-redis"
 
 
 # -- dedupe and enqueue (crawler.dupefilter) --------------------------------------------------------
@@ -132,18 +326,23 @@ redis.call('HINCRBY', KEYS[3], 'leased', #out - 1)
 return out
 """)
 
-# KEYS: leases, queue, stats   -> number of requests put back
+# KEYS: leases, queue, stats   ARGV: lease ids (none: every lease) -> number of requests put back
 RETURN_LEASES = Script("""
-local entries = redis.call('HVALS', KEYS[1])
-for _, member in ipairs(entries) do
-  local req = cjson.decode(member)
-  local prio = tonumber(req['priority']) or 0
-  local score = -prio * 4294967296 + tonumber(req['seq'])
-  redis.call('ZADD', KEYS[2], string.format('%.0f', score), member)
+local ids = ARGV
+if #ids == 0 then ids = redis.call('HKEYS', KEYS[1]) end
+local n = 0
+for _, id in ipairs(ids) do
+  local member = redis.call('HGET', KEYS[1], id)
+  if member then
+    local req = cjson.decode(member)
+    local prio = tonumber(req['priority']) or 0
+    local score = -prio * 4294967296 + tonumber(req['seq'])
+    redis.call('ZADD', KEYS[2], string.format('%.0f', score), member)
+    redis.call('HDEL', KEYS[1], id)
+    n = n + 1
+  end
 end
-local n = #entries
 if n > 0 then
-  redis.call('DEL', KEYS[1])
   redis.call('HINCRBY', KEYS[3], 'requeued', n)
   redis.call('HINCRBY', KEYS[3], 'popped', -n)
   redis.call('HINCRBY', KEYS[3], 'leased', -n)

@@ -86,7 +86,8 @@ def seed(redis: redis.Redis, code: str, urls: list[str], buckets: int = DEFAULT_
     entries = []
     for url in urls:
         request = Request(url)
-        entries.append((fingerprinter.fingerprint(request), 0, request_to_json(request)))
+        fp = fingerprinter.fingerprint(request)
+        entries.append((fp, 0, request_to_json(request, fingerprint=fp)))
     return sum(df.enqueue(entries))
 
 

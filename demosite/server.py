@@ -12,16 +12,20 @@ The ``test`` profile adds traps (see ``README.md`` in this package); ``demo`` an
 from __future__ import annotations
 
 import html
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from .catalog import Catalog, Product, build_catalog
 
-__all__ = ["Site", "start_site", "MISSING_SKU", "HIDDEN_SKU", "SLOW_SECONDS", "CALENDAR_START"]
+__all__ = ["Site", "SiteProcess", "start_site", "start_site_process", "MISSING_SKU", "HIDDEN_SKU", "SLOW_SECONDS", "CALENDAR_START"]
 
 MISSING_SKU = "missing-sku"  # linked, answers 404
 HIDDEN_SKU = "DS-HIDDEN-001"  # a real product page linked only from the (denied) calendar trap
@@ -280,7 +284,34 @@ class _Server(ThreadingHTTPServer):
         pass
 
 
-class Site:
+class _Served:
+    """What a crawl of a served demo site should give: needs ``profile``, ``catalog``, ``host``, ``port``."""
+
+    profile: str
+    catalog: Catalog
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL without a trailing slash, e.g. ``http://127.0.0.1:PORT``."""
+        return f"http://{self.host}:{self.port}"
+
+    def expected_items(self) -> list[dict]:
+        """The exact items a crawl with :meth:`recommended_definition` produces, in catalog order."""
+        return [{"url": f"{self.url}/product/{p.sku}/", "sku": p.sku, "title": p.title,
+                 "price": p.price, "category": p.category_name} for p in self.catalog.products]
+
+    def recommended_definition(self, slow: bool = True) -> dict:
+        """A crawl definition (docs/crawler.md) whose items are exactly :meth:`expected_items`.
+
+        ``slow=False`` adds ``/slow/`` to the deny rules (the test profile's 30 s page).
+        """
+        return recommended_definition(self.url, traps=self.catalog.profile.traps, slow=slow,
+                                      name=f"Demo shop ({self.profile})")
+
+
+class Site(_Served):
     """A running demo site. Use :func:`start_site` to create one."""
 
     def __init__(self, profile: str = "test", host: str = "127.0.0.1", port: int = 0,
@@ -301,11 +332,6 @@ class Site:
 
     # -- public API ----------------------------------------------------------------------------
     @property
-    def url(self) -> str:
-        """Base URL without a trailing slash, e.g. ``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def requests(self) -> list[tuple[str, str]]:
         """A snapshot of every request served, in order: ``(Host header, path with query)``."""
         with self._lock:
@@ -314,19 +340,6 @@ class Site:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
-
-    def expected_items(self) -> list[dict]:
-        """The exact items a crawl with :meth:`recommended_definition` produces, in catalog order."""
-        return [{"url": f"{self.url}/product/{p.sku}/", "sku": p.sku, "title": p.title,
-                 "price": p.price, "category": p.category_name} for p in self.catalog.products]
-
-    def recommended_definition(self, slow: bool = True) -> dict:
-        """A crawl definition (docs/crawler.md) whose items are exactly :meth:`expected_items`.
-
-        ``slow=False`` adds ``/slow/`` to the deny rules (the test profile's 30 s page).
-        """
-        return recommended_definition(self.url, traps=self.catalog.profile.traps, slow=slow,
-                                      name=f"Demo shop ({self.profile})")
 
     def start(self) -> "Site":
         self._thread.start()
@@ -361,6 +374,51 @@ def start_site(profile: str = "test", host: str = "127.0.0.1", port: int = 0, de
                seed: int | None = None) -> Site:
     """Start the demo site in a background thread and return it (already accepting connections)."""
     return Site(profile, host, port, delay_ms, seed).start()
+
+
+class SiteProcess(_Served):
+    """The demo site served by a process of its own (``python -m demosite``), so that the caller
+    (a benchmark's harness) does not share the server's interpreter. Use :func:`start_site_process`."""
+
+    def __init__(self, profile: str = "bench", host: str = "127.0.0.1", seed: int | None = None,
+                 timeout: float = 30.0):
+        self.profile = profile
+        self.catalog = build_catalog(profile, seed)
+        self.host = host
+        command = [sys.executable, "-m", "demosite", "--profile", profile, "--host", host, "--port", "0"]
+        if seed is not None:
+            command += ["--seed", str(seed)]
+        root = Path(__file__).resolve().parents[1]
+        self.process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, PYTHONPATH=str(root)))
+        ready = [None]
+        reader = threading.Thread(target=lambda: ready.__setitem__(0, self.process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        match = re.search(r"serving on http://[^:/]+:(\d+)/", ready[0] or "")
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"python -m demosite did not start: {ready[0]!r}")
+        self.port = int(match.group(1))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __repr__(self) -> str:
+        return f"<SiteProcess {self.profile} {self.url}>"
+
+
+def start_site_process(profile: str = "bench", host: str = "127.0.0.1", seed: int | None = None) -> SiteProcess:
+    """Start the demo site in a process of its own on a free port; return it once it serves."""
+    return SiteProcess(profile, host, seed)
 
 
 def recommended_definition(url: str, traps: bool = False, slow: bool = True, name: str = "Demo shop") -> dict:

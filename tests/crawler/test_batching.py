@@ -109,6 +109,15 @@ def test_batched_items_respect_max_items_exactly(r, code):
     assert (stats["items"], stats["items_dropped"], stats["limit:max_items"]) == ("7", "5", "1")
 
 
+def test_without_max_items_an_item_does_not_wait_for_its_write(r, code):
+    p = _pipeline(r, code, "w1", max_items=0)
+    item = {"url": "http://e.com/x"}
+    assert run(p.process_item(item)) is item  # returned at once: nothing to decide
+    assert stream_items(r, code) == [] and p.buffered  # buffered, written with the next batch
+    p.flush()
+    assert [i["data"]["url"] for i in stream_items(r, code)] == ["http://e.com/x"] and not p.buffered
+
+
 def test_items_are_written_with_and_before_the_release_of_their_lease(r, code, monkeypatch):
     state.seed(r, code, ["http://e.com/p"])
     sched = _scheduler(r, code)
@@ -132,9 +141,9 @@ def test_items_are_written_with_and_before_the_release_of_their_lease(r, code, m
         return await task
 
     rounds = []
-    real_run = scripts.run
-    monkeypatch.setattr(scripts, "run", lambda redis, calls: rounds.append([c[0] for c in calls])
-                        or real_run(redis, calls))
+    real_send = sched.channel.send
+    monkeypatch.setattr(sched.channel, "send", lambda calls, on_reply: rounds.append([c[0] for c in calls])
+                        or real_send(calls, on_reply))
     assert run(crawl()) is item
     assert rounds == [[scripts.ADD_ITEMS, scripts.RELEASE]]  # one round trip, items first
     fp = FP.fingerprint(request).hex()
@@ -173,3 +182,17 @@ def test_two_workers_keep_max_pages_and_max_items_exact(r, code, redis_url):
         assert c["in_flight"] == 0 and c["queued"] > 0
     finally:
         site.stop()
+
+
+def test_leases_taken_by_a_pop_whose_reply_was_lost_go_back(r, code):
+    state.seed(r, code, [f"http://e.com/{i}" for i in range(6)])
+    sched = _scheduler(r, code, pop_batch=2)
+    started = sched.next_request()  # 2 leased: one started, one ready
+    RequestQueue(r, code, "w1").pop_many(count=3)  # a pop the worker never heard back from
+    assert state.read_counters(r, code)["in_flight"] == 5
+    assert sched.return_unknown_leases() == 3
+    c = state.read_counters(r, code)
+    assert (c["queued"], c["in_flight"], c["stats"]["requeued"]) == (4, 2, 3)
+    assert sched.return_unknown_leases() == 0  # what the worker holds stays leased
+    assert sched.next_request() is not started
+    sched.close("stopped")

@@ -1,7 +1,9 @@
 import json
 import threading
 
+import pytest
 from scrapy import Request, Spider
+from scrapy.http import JsonRequest
 from scrapy.utils.request import RequestFingerprinter
 
 from crawler import keys, leases, state
@@ -15,6 +17,9 @@ class _Spider(Spider):
     name = "s"
 
     def parse_item(self, response):
+        pass
+
+    def failed(self, failure):
         pass
 
 
@@ -31,10 +36,44 @@ def test_request_json_round_trip_keeps_body_headers_meta_and_callback(r, code):
                   callback=spider.parse_item, dont_filter=True)
     data = request_to_json(req, spider)
     json.loads(data)  # plain JSON, never pickle
-    back, seq = request_from_json(data, spider)
+    back, seq, fp = request_from_json(data, spider)
     assert (back.url, back.method, back.body, back.priority) == (req.url, "POST", b"\x00\xffbinary", 3)
     assert back.headers[b"X-Token"] == b"abc" and back.meta == {"depth": 2} and back.cb_kwargs == {"k": [1]}
-    assert back.callback == spider.parse_item and back.dont_filter and seq is None
+    assert back.callback == spider.parse_item and back.dont_filter and seq is None and fp is None
+
+
+def test_plain_request_is_stored_compactly_with_its_fingerprint():
+    spider = _Spider()
+    req = Request("http://example.com/a", callback=spider.parse_item, meta={"depth": 3})
+    fp = FP.fingerprint(req)
+    data = json.loads(request_to_json(req, spider, fp))
+    # only what differs from a default Request, and the fingerprint the popping worker reuses
+    assert data == {"url": "http://example.com/a", "callback": "parse_item", "meta": {"depth": 3},
+                    "fp": fp.hex()}
+    back, _, back_fp = request_from_json(json.dumps(data), spider)
+    assert back_fp == fp == FP.fingerprint(back)
+    assert (back.callback, back.method, back.priority, back.dont_filter) == (spider.parse_item, "GET", 0, False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: Request("http://e.com/c", cookies={"k": "v"}, flags=["f"], encoding="latin-1",
+                      errback=s.failed, priority=-2),
+    lambda s: JsonRequest("http://e.com/j", data={"q": [1, 2]}, callback=s.parse_item),
+])
+def test_every_request_field_and_subclass_round_trips(make):
+    spider = _Spider()
+    req = make(spider)
+    back, _, _ = request_from_json(request_to_json(req, spider), spider)
+    assert type(back) is type(req)
+    for attr in ("url", "method", "body", "cookies", "encoding", "priority", "flags", "callback", "errback"):
+        assert getattr(back, attr) == getattr(req, attr), attr
+    assert back.headers.to_unicode_dict() == req.headers.to_unicode_dict()
+
+
+def test_request_whose_callback_is_not_a_spider_method_is_refused():
+    spider = _Spider()
+    with pytest.raises(ValueError, match="not an instance method"):
+        request_to_json(Request("http://e.com/", callback=lambda response: None), spider)
 
 
 def test_queue_orders_by_priority_then_fifo(r, code):

@@ -376,6 +376,28 @@ def test_redis_restarted_while_paused_then_resume_finishes(owner, site, driver, 
     wait_exit(procs)
 
 
+def test_redis_restarted_mid_crawl_loses_nothing(owner, site, driver, procs, redis_client, shared_redis):
+    """Redis goes away while both workers crawl: the writes they had sent are sent again on a new
+    connection, requests leased by a pop whose reply was lost go back, and the crawl ends with
+    every item exactly once."""
+    crawl = launch(owner, site, workers=2)
+    start_rq_workers(procs, 2)
+    driver.until_workers_running(crawl, 2)
+    redis_client.config_set("appendonly", "yes")
+    driver.until(lambda: _aof_ready(redis_client), 20, "the AOF rewrite")
+    driver.until_pages(site, 12)
+
+    old = shared_redis["server"]
+    old.stop()  # SIGTERM: redis-server flushes the AOF
+    new = EmbeddedRedis(old.data_dir, port=old.port, persistent=True).start()
+    shared_redis["server"] = new
+
+    fetched = len(site.requests)
+    driver.until_pages(site, fetched + 6, timeout=15)  # the workers carry on
+    driver.finish(crawl, site)
+    wait_exit(procs)
+
+
 def _aof_ready(redis):
     info = redis.info("persistence")
     return (info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress")

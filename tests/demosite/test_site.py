@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from demosite import PROFILES, build_catalog, start_site
+from demosite import PROFILES, build_catalog, start_site, start_site_process
 from demosite.server import CALENDAR_START, HIDDEN_SKU, MALFORMED_TARGET_QUERY, MISSING_SKU
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,6 +338,27 @@ def test_site_stops_and_frees_port():
     s.stop()  # idempotent
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_site_in_its_own_process_serves_the_same_shop_and_stops():
+    """What the benchmarks use: the same pages and ground truth, from a process of its own."""
+    inproc, own = start_site("demo"), start_site_process("demo")
+    try:
+        assert own.process.pid != os.getpid()
+        cat = own.catalog
+        for path in ("/", f"/category/{cat.categories[0].slug}/", f"/product/{cat.products[0].sku}/"):
+            (a, _, body_a), (b, _, body_b) = fetch(inproc, path), fetch(own, path)
+            assert a == b == 200
+            assert body_a.replace(inproc.url.encode(), b"") == body_b.replace(own.url.encode(), b"")
+        assert [dict(i, url=i["url"][len(own.url):]) for i in own.expected_items()] == [
+            dict(i, url=i["url"][len(inproc.url):]) for i in inproc.expected_items()]
+        assert own.recommended_definition()["start_urls"] == [f"{own.url}/"]
+    finally:
+        inproc.stop()
+        own.stop()
+    assert own.process.returncode == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", own.port), timeout=1).close()
 
 
 # -- CLI -----------------------------------------------------------------------------------------
