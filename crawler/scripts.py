@@ -234,8 +234,11 @@ class Channel:
 
     def _watch(self) -> None:
         """Have the reactor watch the connection (from the first send until it is dropped)."""
-        sock = getattr(self.conn, "_sock", None)
-        if self.reactor is None or self._reader is not None or sock is None:
+        if self.reactor is None or self._reader is not None:
+            return
+        sock = getattr(self.conn, "_sock", None)  # redis-py's socket (pinned version)
+        if sock is None:  # no socket to watch: read the replies now, as without a reactor
+            self.reactor.callLater(0, self.wait)
             return
         self._reader = _ReplyReader(self, sock.fileno())
         self.reactor.addReader(self._reader)
