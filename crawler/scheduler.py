@@ -21,13 +21,16 @@
     at a time; what is buffered meanwhile goes in the next batch, sent when the reply comes (the
     reply also lets the item pipeline go on). The connection keeps the order, so a lease is still
     released only after everything it produced is in Redis.
-  - Pops: when the engine asks and nothing is ready, ``next_request`` sends a pop (with the
-    buffered writes, unless a batch is in flight) and answers None; the reply puts the requests
-    in the ready queue and hands the first to the public ``engine.crawl(request)``, which calls
-    ``enqueue_request`` (the scheduler recognizes its own ready request and keeps it) and makes
-    the engine ask again at once.
-  - Without a reactor (``CRAWLSITE_IDLE_POLL`` 0, unit tests), pops wait for their reply;
-    ``flush()`` always does (ticks, close, tests).
+  - Pops: when the engine asks and nothing is ready, ``next_request`` sends the buffered writes
+    (unless a batch is in flight), then a pop in a batch of its own, and answers None; the reply
+    puts the requests in the ready queue and hands the first to the public
+    ``engine.crawl(request)``, which calls ``enqueue_request`` (the scheduler recognizes its own
+    ready request and keeps it) and makes the engine ask again at once.
+  - A lost connection: write batches are sent again on a new one (running one twice is
+    harmless); a pop never is, and the tick puts back what a pop whose reply was lost had leased
+    (:meth:`RedisScheduler.return_unknown_leases`).
+  - Without a reactor (``CRAWLSITE_IDLE_POLL`` 0, unit tests), pops wait for their reply, with
+    the buffered writes in the same round trip; ``flush()`` always waits (idle tick, close, tests).
 * Idle wake-up: Scrapy's engine polls an empty scheduler only every 5 seconds (its slot
   heartbeat) unless something calls ``engine.crawl()``. When the last pop found the queue empty,
   a looping call (``CRAWLSITE_IDLE_POLL``, default 0.1 s) pops again, and its reply wakes the
