@@ -403,7 +403,7 @@ def main(argv=None) -> int:
                "site": f"{len(expected)} products, {len(reference)} pages",
                "machine": f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
                           f"Python {platform.python_version()}"}
-        text = render(res, "python -m bench.control_bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+        text = render(res, " ".join(["python -m bench.control_bench", *(argv if argv is not None else sys.argv[1:])]))
         print(text)
         if not args.no_write:
             write_section(ROOT / "bench" / "RESULTS.md", text)

@@ -199,6 +199,8 @@ class RedisScheduler(BaseScheduler):
             self._waking.add(request)
             engine.crawl(request)
             self._waking.discard(request)
+        elif self.channel.reactor is not None and not engine.paused:
+            self._pop_soon(self._free_slots())  # its reply hands a request to engine.crawl()
         else:
             self._starved = True  # the next tick pops and hands the request to engine.crawl()
 
