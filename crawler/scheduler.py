@@ -221,18 +221,7 @@ class RedisScheduler(BaseScheduler):
         """Lease up to ``count`` requests into the ready queue and wait; return how many.
 
         The buffered writes go first, in the same round trip (after the batch in flight)."""
-        self.channel.wait()
-        writes = self._take_writes()
-        calls, written = writes if writes is not None else ([], None)
-        try:
-            results = self.channel.call([*calls, self.queue.pop_call(self.max_pages, count)])
-        except Exception as exc:
-            if written is not None:
-                written(exc)
-            raise
-        if written is not None:
-            written(results[:-1])
-        return self._lease(results[-1])
+        return self._lease(self._write_and_wait([self.queue.pop_call(self.max_pages, count)])[0])
 
     def _pop_soon(self, count: int = 1) -> None:
         """Send a pop of up to ``count`` requests, after the buffered writes (unless a batch is in
@@ -319,17 +308,24 @@ class RedisScheduler(BaseScheduler):
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        self._write_and_wait()
+
+    def _write_and_wait(self, then: list[scripts.Call] | None = None) -> list[Any]:
+        """After the batch in flight, send the buffered writes and the calls ``then`` in one round
+        trip and wait; return the results of ``then``."""
         self.channel.wait()
         writes = self._take_writes()
-        if writes is None:
-            return
-        calls, written = writes
+        calls, written = writes if writes is not None else ([], None)
+        then = then or []
         try:
-            results = self.channel.call(calls) if calls else []
+            results = self.channel.call([*calls, *then]) if calls or then else []
         except Exception as exc:
-            written(exc)
+            if written is not None:
+                written(exc)
             raise
-        written(results)
+        if written is not None:
+            written(results[:len(calls)])
+        return results[len(calls):]
 
     def _take_writes(self) -> tuple[list[scripts.Call], Any] | None:
         """The buffered writes as script calls (new requests, items, releases, in this order) and
