@@ -113,6 +113,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Tests use a file (under the test run's own var/ folder), not SQLite's in-memory
+            # database, so that processes they start (the `tasks` RQ worker) share it.
+            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -167,6 +170,8 @@ CHANNEL_LAYERS = {
 RQ_SERIALIZER = "rq.serializers.JSONSerializer"
 RQ_QUEUES = {
     "crawls": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600, "SERIALIZER": RQ_SERIALIZER},
+    # Short jobs that must not wait behind crawls (`python manage.py rqworker tasks`).
+    "tasks": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SERIALIZER": RQ_SERIALIZER},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600, "SERIALIZER": RQ_SERIALIZER},
 }
 RQ_SHOW_ADMIN_LINK = False
@@ -181,6 +186,16 @@ CRAWL_JOB_TIMEOUT = env_int("CRAWL_JOB_TIMEOUT", 7 * 86400, minimum=60)
 CRAWL_JOB_MARGIN = 600
 # Items moved from Redis to the database per crawl per conductor tick, at most.
 CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
+
+# Per-user caps, checked at launch, resume and scale-up (0 = no cap).
+MAX_ACTIVE_CRAWLS_PER_USER = env_int("MAX_ACTIVE_CRAWLS_PER_USER", 10, minimum=0, maximum=100_000)
+MAX_WORKERS_PER_USER = env_int("MAX_WORKERS_PER_USER", 32, minimum=0, maximum=100_000)
+# Item search reads at most this many items per request, then offers to continue.
+ITEM_SEARCH_ROWS = env_int("ITEM_SEARCH_ROWS", 5000, minimum=10, maximum=1_000_000)
+# Excel exports: built by an RQ job on `tasks` into EXPORTS_DIR, kept XLSX_EXPORT_TTL seconds.
+EXPORTS_DIR = Path(env_str("CRAWLSITE_EXPORTS_DIR", str(VAR_DIR / "exports")))
+XLSX_EXPORT_TTL = env_int("XLSX_EXPORT_TTL", 86400, minimum=60)
+XLSX_JOB_TIMEOUT = env_int("XLSX_JOB_TIMEOUT", 1800, minimum=10)
 
 LOGGING = {
     "version": 1,

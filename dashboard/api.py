@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from crawler import state
 from crawler.definition import DefinitionError
-from dashboard import engine, live
+from dashboard import engine, live, quotas
 from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
 from dashboard.redis import get_redis
 
@@ -205,10 +205,11 @@ def delete_project(request, project_id: int):
     return Status(204, None)
 
 
-@api.post("/projects/{project_id}/crawls", response={201: CrawlOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
-          tags=["crawls"])
+@api.post("/projects/{project_id}/crawls",
+          response={201: CrawlOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 503: ErrorOut}, tags=["crawls"])
 def launch_crawl(request, project_id: int, payload: LaunchIn = Body(None)):
-    """Launch a crawl of the project on ``workers`` workers (default: the definition's)."""
+    """Launch a crawl of the project on ``workers`` workers (default: the definition's).
+    409 when it would pass a per-user cap (active crawls or workers); the detail names it."""
     project = _project(request, project_id)
     workers = payload.workers if payload else None
     try:
@@ -216,6 +217,8 @@ def launch_crawl(request, project_id: int, payload: LaunchIn = Body(None)):
     except engine.LaunchError as exc:
         status = 503 if "Redis is unreachable" in str(exc) else 422
         return Status(status, {"detail": str(exc)})
+    except quotas.QuotaExceeded as exc:
+        return Status(409, {"detail": str(exc)})
     crawl.refresh_from_db()
     return Status(201, crawl_out(crawl))
 
@@ -239,7 +242,7 @@ def _control(request, code, action):
     crawl = _crawl(request, code)
     try:
         crawl = engine.control(crawl, action)
-    except InvalidTransition as exc:
+    except (InvalidTransition, quotas.QuotaExceeded) as exc:
         return Status(409, {"detail": str(exc)})
     except RedisError as exc:
         return Status(503, {"detail": f"Redis is unreachable; nothing changed ({exc})."})
@@ -279,7 +282,7 @@ def scale_crawl(request, code: str, payload: ScaleIn):
     crawl = _crawl(request, code)
     try:
         crawl = engine.scale(crawl, payload.workers)
-    except InvalidTransition as exc:
+    except (InvalidTransition, quotas.QuotaExceeded) as exc:
         return Status(409, {"detail": str(exc)})
     except engine.LaunchError as exc:
         return Status(422, {"detail": str(exc)})

@@ -14,6 +14,7 @@ from rq.job import Job
 
 from crawler import keys, state
 from crawler.definition import MAX_WORKERS, DefinitionError
+from dashboard import quotas
 from dashboard.models import Crawl, validate_definition
 from dashboard.redis import get_redis
 
@@ -60,6 +61,7 @@ def launch(project, workers=None):
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
     check_redis()
     with transaction.atomic():
+        quotas.check_launch(project.owner, count)  # raises quotas.QuotaExceeded
         crawl = Crawl.objects.create(project=project, definition=definition, workers=count)
         transaction.on_commit(lambda: start(crawl))
     return crawl
@@ -150,6 +152,8 @@ def control(crawl, action):
         refusal = refusal_reason(crawl, action)
         if refusal:
             raise InvalidTransition(refusal)
+        if action == "resume" and crawl.status == Crawl.STOPPED:
+            quotas.check_launch(crawl.project.owner, crawl.workers)  # relaunches its workers
         if action == "pause":
             crawl.transition(Crawl.PAUSING)
             state.set_control(redis, crawl.code, "pause")
@@ -238,6 +242,7 @@ def scale(crawl, workers):
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
     if crawl.status not in SCALABLE:
         raise InvalidTransition(f"Cannot scale crawl {crawl.code}: it is {crawl.status}.")
+    quotas.check_scale(crawl, workers)
     redis = get_redis()
     current = live_workers(crawl, state.read_counters(redis, crawl.code))
     if workers > len(current):

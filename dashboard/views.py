@@ -6,7 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from dashboard import engine, exports, live
+from dashboard import engine, exports, live, quotas
 from dashboard import items as item_queries
 from dashboard.forms import ProjectForm
 from dashboard.health import health
@@ -98,7 +98,7 @@ def project_launch(request, pk):
         return redirect(project)
     try:
         crawl = engine.launch(project, workers=int(workers) if workers else None)
-    except engine.LaunchError as exc:
+    except (engine.LaunchError, quotas.QuotaExceeded) as exc:
         messages.error(request, str(exc))
         return redirect(project)
     crawl.refresh_from_db()
@@ -119,7 +119,7 @@ def crawl_control(request, code, action):
             engine.scale(crawl, int(workers))
         else:
             engine.control(crawl, action)
-    except (InvalidTransition, engine.LaunchError) as exc:
+    except (InvalidTransition, engine.LaunchError, quotas.QuotaExceeded) as exc:
         messages.error(request, str(exc))
     return redirect(crawl)
 

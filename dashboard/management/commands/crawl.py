@@ -3,7 +3,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from crawler import state
-from dashboard import engine
+from dashboard import engine, quotas
 from dashboard.models import Crawl, Project
 from dashboard.redis import get_redis
 
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         project = find_project(project)
         try:
             crawl = engine.launch(project, workers=workers)
-        except engine.LaunchError as exc:
+        except (engine.LaunchError, quotas.QuotaExceeded) as exc:
             raise CommandError(str(exc)) from None
         crawl.refresh_from_db()
         self.stdout.write(f"Crawl {crawl.code} of {project.name!r}: {crawl.status} on {crawl.workers} worker(s)")

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboard import engine
+from dashboard import engine, quotas
 from dashboard.models import Crawl, InvalidTransition
 
 
@@ -23,6 +23,6 @@ class Command(BaseCommand):
                 crawl = engine.scale(crawl, workers)
             else:
                 crawl = engine.control(crawl, action)
-        except (InvalidTransition, engine.LaunchError) as exc:
+        except (InvalidTransition, engine.LaunchError, quotas.QuotaExceeded) as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Crawl {crawl.code}: {crawl.status}, {crawl.workers} worker(s)")
