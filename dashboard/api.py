@@ -10,13 +10,14 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
-from ninja import Body, NinjaAPI, Schema, Status
+from ninja import Body, NinjaAPI, Query, Schema, Status
 from ninja.security import HttpBearer, django_auth
 from redis.exceptions import RedisError
 
 from crawler import state
 from crawler.definition import DefinitionError
 from dashboard import engine, live, quotas
+from dashboard.exports import ITEMS_PAGE_MAX, items_page
 from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
 from dashboard.redis import get_redis
 
@@ -303,12 +304,15 @@ class ItemsPage(Schema):
     next: int | None
 
 
-@api.get("/crawls/{code}/items", response={200: ItemsPage, 404: ErrorOut}, tags=["items"])
-def list_items(request, code: str, after: int | None = None, limit: int = 100):
-    """Items in the order they were stored; pass ``next`` back as ``after`` for the next page.
-    ``limit`` is clamped to 1..1000."""
-    from dashboard.exports import items_page
+MAX_ITEM_ID = 2 ** 63 - 1  # the largest id a database can hold; bigger cursors are refused
 
+
+@api.get("/crawls/{code}/items", response={200: ItemsPage, 404: ErrorOut}, tags=["items"])
+def list_items(request, code: str,
+               after: int | None = Query(None, ge=0, le=MAX_ITEM_ID, description="cursor: the last id seen"),
+               limit: int = Query(100, ge=1, le=ITEMS_PAGE_MAX, description=f"items per page, 1..{ITEMS_PAGE_MAX}")):
+    """Items in the order they were stored; pass ``next`` back as ``after`` for the next page.
+    ``limit`` is 1..1000; any other value (or a negative ``after``) is a 422 naming the parameter."""
     return items_page(_crawl(request, code), after=after, limit=limit)
 
 

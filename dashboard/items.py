@@ -3,15 +3,22 @@
 Pages are keyset pages on the item id (``?after=ID`` / ``?before=ID``): each page is one indexed
 range scan of ``per_page + 1`` rows plus at most one EXISTS probe, whatever the crawl's size.
 Nothing counts the table; the item count shown comes from :func:`item_count` (cheap sources).
+
+Search is bounded the same way: one request reads at most ``ITEM_SEARCH_ROWS`` items (the next
+ids after the cursor, one index range), keeps the first ``per_page`` matches and hands back a
+cursor to continue from. A rare word in a big crawl costs a few requests of bounded size, never a
+scan of the whole crawl in one request.
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import TextField
 from django.db.models.functions import Cast
@@ -49,6 +56,10 @@ class Page:
     rows: list[Row] = field(default_factory=list)
     next_after: int | None = None  # cursor of the next page (older -> newer), if any
     prev_before: int | None = None  # cursor of the previous page, if any
+    # Searches only: items examined so far (this request and the ones before it), and whether
+    # items after ``next_after`` are still to be searched.
+    searched: int | None = None
+    search_done: bool = True
 
 
 def search_needle(q: str) -> str:
@@ -69,9 +80,15 @@ def _filtered(crawl: Crawl, q: str):
 
 
 def page(crawl: Crawl, *, after: int | None = None, before: int | None = None, q: str = "",
-         per_page: int = PER_PAGE) -> Page:
-    """One page of items: first page, the page after id ``after`` or the page before ``before``."""
+         per_page: int = PER_PAGE, searched: int = 0) -> Page:
+    """One page of items: first page, the page after id ``after`` or the page before ``before``.
+
+    With a query ``q`` the page is a bounded search forward from ``after`` (see the module's
+    docstring); ``searched`` is the number of items earlier requests of this search examined.
+    """
     q = q[:MAX_QUERY]
+    if q:
+        return search(crawl, q, after=after, per_page=per_page, searched=searched)
     rows = _filtered(crawl, q).only("id", "url", "data")
     if before is not None:
         found = list(rows.filter(id__lt=before).order_by("-id")[: per_page + 1])
@@ -94,6 +111,31 @@ def page(crawl: Crawl, *, after: int | None = None, before: int | None = None, q
     if has_prev:
         result.prev_before = items[0].id if items else edge_prev
     return result
+
+
+def search(crawl: Crawl, q: str, *, after: int | None = None, per_page: int = PER_PAGE, searched: int = 0,
+           window: int | None = None) -> Page:
+    """Matches of ``q`` among at most ``window`` items after ``after`` (ITEM_SEARCH_ROWS)."""
+    window = window or settings.ITEM_SEARCH_ROWS
+    ids = Item.objects.filter(crawl=crawl)
+    if after is not None:
+        ids = ids.filter(id__gt=after)
+    # The window: the next ``window`` ids (an index-only range read); one more tells if it ends.
+    window_ids = list(ids.order_by("id").values_list("id", flat=True)[: window + 1])
+    beyond = len(window_ids) > window
+    window_ids = window_ids[:window]
+    found: list[Item] = []
+    if window_ids:
+        matches = _filtered(crawl, q).filter(id__gte=window_ids[0], id__lte=window_ids[-1])
+        found = list(matches.only("id", "url", "data").order_by("id")[: per_page + 1])
+    items = found[:per_page]
+    if len(found) > per_page:  # the page is full before the window's end: go on after its last row
+        cursor, examined, done = items[-1].id, bisect_right(window_ids, items[-1].id), False
+    else:
+        cursor, examined, done = (window_ids[-1] if window_ids else after), len(window_ids), not beyond
+    cols = display_columns(crawl, items)
+    return Page(columns=cols, rows=[_row(item, cols) for item in items], next_after=None if done else cursor,
+                searched=max(0, searched) + examined, search_done=done)
 
 
 def display_columns(crawl: Crawl, items: list[Item]) -> list[str]:

@@ -181,8 +181,8 @@ def crawl_items(request, code):
     crawl = _get_crawl_for_user(request, code)
     q = request.GET.get("q", "").strip()
     before = _cursor(request, "before")
-    page = item_queries.page(crawl, after=None if before is not None else _cursor(request, "after"),
-                             before=before, q=q)
+    page = item_queries.page(crawl, after=None if before is not None and not q else _cursor(request, "after"),
+                             before=before, q=q, searched=_cursor(request, "searched") or 0)
     return render(request, "dashboard/items.html", {
         "crawl": crawl,
         "page": page,
