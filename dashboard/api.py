@@ -10,14 +10,14 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
-from ninja import Body, NinjaAPI, Query, Schema, Status
+from ninja import Body, NinjaAPI, Path, Query, Schema, Status
 from ninja.security import HttpBearer, django_auth
 from redis.exceptions import RedisError
 
 from crawler import state
 from crawler.definition import DefinitionError
-from dashboard import engine, live, quotas
-from dashboard.exports import ITEMS_PAGE_MAX, items_page
+from dashboard import engine, live, quotas, xlsx_builds
+from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
 from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
 from dashboard.redis import get_redis
 
@@ -316,10 +316,58 @@ def list_items(request, code: str,
     return items_page(_crawl(request, code), after=after, limit=limit)
 
 
-@api.get("/crawls/{code}/export", response={200: None, 400: ErrorOut, 404: ErrorOut}, tags=["items"])
+class XlsxBuildOut(Schema):
+    status: str
+    snapshot: int
+    detail: str
+    status_url: str
+    file_url: str
+
+
+def _xlsx_status(request, build, code=202):
+    response = api.create_response(request, build.as_json(api=True), status=code)
+    if code == 202:
+        response["Location"] = build.urls(api=True)["status_url"]
+    return response
+
+
+@api.get("/crawls/{code}/export", response={200: None, 202: XlsxBuildOut, 400: ErrorOut, 404: ErrorOut},
+         tags=["items"])
 def export_items(request, code: str, format: str = "jsonl"):
     """A streamed download of every item stored so far (a consistent snapshot while running):
-    ``jsonl``, ``json``, ``csv``, ``xml`` or ``xlsx``."""
-    from dashboard.exports import export_response
+    ``jsonl``, ``json``, ``csv`` or ``xml``.
 
-    return export_response(_crawl(request, code), format)
+    ``xlsx`` is built by a background job: the file itself (200) when one of the items stored now
+    is ready, else 202 with ``status_url`` (poll it) and ``file_url`` (the file once ready)."""
+    crawl = _crawl(request, code)
+    if format != "xlsx":
+        return export_response(crawl, format)
+    build = xlsx_builds.request(crawl)
+    return xlsx_builds.file_response(crawl, build.snapshot) if build.is_ready else _xlsx_status(request, build)
+
+
+Snapshot = Path(..., ge=0, le=MAX_ITEM_ID, description="the largest item id in the file")
+
+
+@api.get("/crawls/{code}/xlsx/{snapshot}", response={200: XlsxBuildOut, 404: ErrorOut}, tags=["items"])
+def xlsx_status(request, code: str, snapshot: int = Snapshot):
+    """State of an Excel build: ``preparing``, ``ready`` or ``failed`` (``detail`` says why);
+    404 when none was asked for (or its file expired)."""
+    crawl = _crawl(request, code)
+    build = xlsx_builds.status(crawl.code, snapshot)
+    if build.status == xlsx_builds.MISSING:
+        return Status(404, {"detail": f"{build.detail} Ask GET /api/crawls/{crawl.code}/export?format=xlsx."})
+    return _xlsx_status(request, build, code=200)
+
+
+@api.get("/crawls/{code}/xlsx/{snapshot}/file", response={200: None, 404: ErrorOut, 409: ErrorOut}, tags=["items"])
+def xlsx_file(request, code: str, snapshot: int = Snapshot):
+    """The finished .xlsx file; 409 while it is being built or after it failed, 404 when none."""
+    crawl = _crawl(request, code)
+    response = xlsx_builds.file_response(crawl, snapshot)
+    if response is not None:
+        return response
+    build = xlsx_builds.status(crawl.code, snapshot)
+    if build.status == xlsx_builds.MISSING:
+        return Status(404, {"detail": build.detail})
+    return Status(409, {"detail": f"The file is not ready: {build.status}. {build.detail}"})

@@ -38,10 +38,10 @@ XML
 
 Excel
     An .xlsx file is a zip archive whose directory comes last, so it cannot be sent while it is
-    being built. The workbook is written by XlsxWriter in ``constant_memory`` mode (rows are
-    flushed to a temporary file as they are written) and the finished file is then streamed.
-    Trade-off: the first byte leaves only once the whole workbook is built, and the temporary
-    file takes disk space of the order of the export. Excel limits: 1,048,576 rows per sheet
+    being built. It is therefore built by an RQ job on the ``tasks`` queue
+    (:mod:`dashboard.xlsx_builds`), never inside a request; :func:`write_xlsx` is what that job
+    runs. The workbook is written by XlsxWriter in ``constant_memory`` mode (rows are flushed to a
+    temporary file as they are written). Excel limits: 1,048,576 rows per sheet
     (further items continue on "items 2", "items 3"... each with its header row) and 32,767
     characters per cell (longer text is cut there, as Excel would).
 """
@@ -393,7 +393,7 @@ class ExportFileResponse(_PartByPartUnderASGI, FileResponse):
     block_size = FILE_BLOCK_SIZE
 
 
-def _download_headers(response, crawl: Crawl, fmt: str, max_id: int):
+def download_headers(response, crawl: Crawl, fmt: str, max_id: int):
     response["Content-Disposition"] = content_disposition_header(True, filename(crawl, fmt))
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"  # nginx: pass parts on as they come
@@ -410,27 +410,18 @@ def unknown_format_response(fmt: Any) -> JsonResponse:
 
 
 def export_response(crawl: Crawl, fmt: str):
-    """The download of ``crawl``'s items in ``fmt`` (a consistent snapshot), or a 400 response.
+    """The streamed download of ``crawl``'s items in ``fmt`` (a consistent snapshot), or a 400.
 
-    The caller has already checked that the user may see ``crawl``.
+    The caller has already checked that the user may see ``crawl``, and handles ``xlsx`` itself
+    (built by a job: :mod:`dashboard.xlsx_builds`).
     """
     if fmt not in FORMATS:
         return unknown_format_response(fmt)
-    max_id = snapshot_max_id(crawl)
-    content_type = FORMATS[fmt][1]
     if fmt == "xlsx":
-        # See the module docstring: built into an anonymous temp file, then streamed from it.
-        file = tempfile.TemporaryFile(prefix="crawlsite-export-", suffix=".xlsx")
-        try:
-            write_xlsx(crawl, max_id, file)
-            file.seek(0)
-        except BaseException:
-            file.close()
-            raise
-        response = ExportFileResponse(file, content_type=content_type)
-    else:
-        response = ExportResponse(iter_export(crawl, fmt, max_id), content_type=content_type)
-    return _download_headers(response, crawl, fmt, max_id)
+        raise ValueError("xlsx exports are built by a job on the tasks queue (dashboard.xlsx_builds)")
+    max_id = snapshot_max_id(crawl)
+    response = ExportResponse(iter_export(crawl, fmt, max_id), content_type=FORMATS[fmt][1])
+    return download_headers(response, crawl, fmt, max_id)
 
 
 # --- cursor pages for the API -----------------------------------------------------------------

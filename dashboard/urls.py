@@ -19,5 +19,9 @@ urlpatterns = [
     path("crawls/<str:code>/items/", views.crawl_items, name="crawl-items"),
     path("crawls/<str:code>/items/<str:key>.json", views.item_json, name="item-json"),
     path("crawls/<str:code>/export", views.crawl_export, name="crawl-export"),
+    path("crawls/<str:code>/xlsx", views.crawl_xlsx_request, name="crawl-xlsx-request"),
+    path("crawls/<str:code>/xlsx/<int:snapshot>/", views.crawl_xlsx, name="crawl-xlsx"),
+    path("crawls/<str:code>/xlsx/<int:snapshot>/status", views.crawl_xlsx_status, name="crawl-xlsx-status"),
+    path("crawls/<str:code>/xlsx/<int:snapshot>/file", views.crawl_xlsx_file, name="crawl-xlsx-file"),
     path("projects/<int:pk>/export", views.project_export, name="project-export"),
 ]

@@ -1,12 +1,12 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db import IntegrityError, transaction
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from dashboard import engine, exports, live, quotas
+from dashboard import engine, exports, live, quotas, xlsx_builds
 from dashboard import items as item_queries
 from dashboard.forms import ProjectForm
 from dashboard.health import health
@@ -200,10 +200,50 @@ def item_json(request, code, key):
     return JsonResponse(item.data, safe=False, json_dumps_params={"ensure_ascii": False, "indent": 2})
 
 
+def _export(crawl, fmt):
+    if fmt == "xlsx":  # built by a job: its page offers the file when it is ready
+        return redirect("dashboard:crawl-xlsx", crawl.code, exports.snapshot_max_id(crawl))
+    return exports.export_response(crawl, fmt)
+
+
 @require_GET
 def crawl_export(request, code):
     crawl = _get_crawl_for_user(request, code)
-    return exports.export_response(crawl, request.GET.get("format", "jsonl"))
+    return _export(crawl, request.GET.get("format", "jsonl"))
+
+
+@require_POST
+def crawl_xlsx_request(request, code):
+    """Start building the Excel file of the items stored now (or reuse a ready or running build)."""
+    crawl = _get_crawl_for_user(request, code)
+    build = xlsx_builds.request(crawl)
+    return redirect("dashboard:crawl-xlsx", crawl.code, build.snapshot)
+
+
+@require_GET
+def crawl_xlsx(request, code, snapshot):
+    """The page of one Excel build: preparing (polled by static/js/xlsx_build.js), ready or failed."""
+    crawl = _get_crawl_for_user(request, code)
+    build = xlsx_builds.status(crawl.code, snapshot)
+    return render(request, "dashboard/xlsx.html", {
+        "crawl": crawl, "build": build, "filename": exports.filename(crawl, "xlsx"), **build.urls(),
+    })
+
+
+@never_cache
+@require_GET
+def crawl_xlsx_status(request, code, snapshot):
+    crawl = _get_crawl_for_user(request, code)
+    return JsonResponse(xlsx_builds.status(crawl.code, snapshot).as_json())
+
+
+@require_GET
+def crawl_xlsx_file(request, code, snapshot):
+    crawl = _get_crawl_for_user(request, code)
+    response = xlsx_builds.file_response(crawl, snapshot)
+    if response is None:
+        raise Http404("This Excel file is not ready, or has expired.")
+    return response
 
 
 @require_GET
@@ -213,4 +253,4 @@ def project_export(request, pk):
     crawl = project.crawls.filter(status=Crawl.FINISHED).order_by("-finished_at", "-id").first()
     if crawl is None:
         return JsonResponse({"detail": f"Project {project.name!r} has no finished crawl yet."}, status=404)
-    return exports.export_response(crawl, request.GET.get("format", "jsonl"))
+    return _export(crawl, request.GET.get("format", "jsonl"))

@@ -3,7 +3,8 @@
 1. Read and check the environment (a bad value stops here with one line naming it).
 2. Redis: REDIS_URL if set (it must answer), else the embedded redis-server with its data in var/.
 3. Migrate, make sure an admin account and the demo project exist.
-4. Start the Procfile's processes with honcho (web, WORKERS rq workers, conductor, demo site).
+4. Start the Procfile's processes with honcho (web, WORKERS rq workers on `crawls`, one on
+   `tasks` for short jobs such as Excel builds, conductor, demo site).
 5. On Ctrl-C or SIGTERM: stop honcho, then any process that outlived it (this process is a
    child subreaper, so orphans of crashed children come back to it), then the embedded Redis.
 """

@@ -26,6 +26,35 @@ def start_rq_workers(count, **env_overrides):
     return procs
 
 
+def _database_url():
+    """The test database as a DATABASE_URL, for processes that must share it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_task_workers(count=1, **env_overrides):
+    """``count`` burst workers on queue ``tasks`` (django-rq's ``rqworker``, as in the Procfile:
+    these jobs use the database), on the test Redis and the test database. Their output goes to
+    ``task-worker-N-M.log`` in the test run's var folder."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DATABASE_URL=_database_url(), **env_overrides)
+    logs = Path(os.environ["CRAWLSITE_VAR_DIR"])
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for _ in range(count):
+        with open(logs / f"task-worker-{len(_started)}-{len(procs)}.log", "ab") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "manage.py", "rqworker", "tasks", "--burst",
+                 "--serializer", "rq.serializers.JSONSerializer"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            ))
+    _started.extend(procs)
+    return procs
+
+
 def kill_tree(proc):
     """SIGKILL an RQ worker with everything below it. RQ puts each work horse in a process group
     of its own, so only walking the process tree reaches the horse and its crawler."""

@@ -52,8 +52,9 @@ def test_items_page_shows_a_column_per_field_and_the_source(owner_client, crawl)
     assert "Lamp" in html and "12 €" in html
     assert 'href="https://shop.example/1"' in html
     assert reverse("dashboard:item-json", args=[crawl.code, crawl.items.get().key]) in html
-    for fmt in ("jsonl", "json", "csv", "xml", "xlsx"):
+    for fmt in ("jsonl", "json", "csv", "xml"):
         assert f"{reverse('dashboard:crawl-export', args=[crawl.code])}?format={fmt}" in html
+    assert f'action="{reverse("dashboard:crawl-xlsx-request", args=[crawl.code])}"' in html  # built by a job
 
 
 def test_scraped_html_renders_as_text(owner_client, crawl):

@@ -1,0 +1,165 @@
+"""Excel exports, built by an RQ job on ``tasks`` instead of inside a web request.
+
+An .xlsx file cannot be streamed (its zip directory comes last), so building one for a big crawl
+used to hold a web worker for the whole build. Now:
+
+1. Asking for one (page: POST, API: GET ``export?format=xlsx``) fixes the crawl's *snapshot*, the
+   largest item id stored right now, and starts a build of exactly those items, unless one is
+   ready (a file for that snapshot) or one of this crawl is already being built (that one is
+   offered instead: at most one build per crawl at a time).
+2. The job (:func:`build`, run by the ``tasks`` worker) writes ``EXPORTS_DIR/<code>-<snapshot>.xlsx`` (folder 0700,
+   file 0600, written under a temporary name and renamed when complete).
+3. The page polls a status URL and offers the file when it is ready; the API answers 202 with the
+   status URL, then serves the file. Only the crawl's owner reaches any of these (404 otherwise).
+4. Files older than ``XLSX_EXPORT_TTL`` are no longer offered and are deleted by the next build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.urls import reverse
+
+from dashboard import tasks
+from dashboard.exports import FORMATS, ExportFileResponse, download_headers, snapshot_max_id, write_xlsx
+from dashboard.models import Crawl
+
+log = logging.getLogger(__name__)
+
+READY, PREPARING, FAILED, MISSING = "ready", "preparing", "failed", "missing"
+
+
+@dataclass
+class Build:
+    code: str
+    snapshot: int
+    status: str  # ready, preparing, failed or missing (never asked for, or expired)
+    detail: str = ""
+
+    @property
+    def is_ready(self):
+        return self.status == READY
+
+    def urls(self, api=False):
+        if api:
+            base = f"/api/crawls/{self.code}/xlsx/{self.snapshot}"
+            return {"status_url": base, "file_url": f"{base}/file"}
+        args = [self.code, self.snapshot]
+        return {"status_url": reverse("dashboard:crawl-xlsx-status", args=args),
+                "file_url": reverse("dashboard:crawl-xlsx-file", args=args)}
+
+    def as_json(self, api=False):
+        return {"status": self.status, "snapshot": self.snapshot, "detail": self.detail, **self.urls(api)}
+
+
+def folder() -> Path:
+    return Path(settings.EXPORTS_DIR)
+
+
+def path_for(code: str, snapshot: int) -> Path:
+    # ``code`` comes from the database ([a-z0-9]) and ``snapshot`` is an int: no path tricks.
+    return folder() / f"{code}-{int(snapshot)}.xlsx"
+
+
+def job_id(code: str, snapshot: int) -> str:
+    return f"xlsx-{code}-{int(snapshot)}"
+
+
+def _fresh(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < settings.XLSX_EXPORT_TTL
+    except OSError:  # missing, or a name too long for the file system (an absurd snapshot number)
+        return False
+
+
+def status(code: str, snapshot: int) -> Build:
+    if _fresh(path_for(code, snapshot)):
+        return Build(code, snapshot, READY, "The Excel file is ready.")
+    job = tasks.fetch(job_id(code, snapshot))
+    if job is not None:
+        state = tasks.status(job)
+        if state in tasks.WAITING:
+            waiting = "Building the Excel file…" if state == "started" else "Waiting for a free task worker…"
+            return Build(code, snapshot, PREPARING, waiting)
+        if state in ("failed", "stopped", "canceled"):
+            return Build(code, snapshot, FAILED, tasks.error_of(job))
+    return Build(code, snapshot, MISSING, "No Excel file of these items is ready or being built.")
+
+
+def request(crawl: Crawl) -> Build:
+    """The Excel export of ``crawl``'s items as stored now: ready, or being prepared."""
+    snapshot = snapshot_max_id(crawl)
+    current = status(crawl.code, snapshot)
+    if current.status in (READY, PREPARING):
+        return current
+    prefix = f"xlsx-{crawl.code}-"
+    for other in tasks.waiting_ids(prefix):  # one build per crawl at a time
+        building = status(crawl.code, int(other[len(prefix):]))
+        if building.status == PREPARING:
+            return building
+    tasks.enqueue(
+        "dashboard.xlsx_builds.build", crawl.code, snapshot,
+        job_id=job_id(crawl.code, snapshot), timeout=settings.XLSX_JOB_TIMEOUT,
+        description=f"Excel export of crawl {crawl.code} up to item {snapshot}",
+    )
+    return Build(crawl.code, snapshot, PREPARING, "Waiting for a free task worker…")
+
+
+def build(code: str, snapshot: int) -> str:
+    """The RQ job: write the .xlsx of crawl ``code``'s items up to id ``snapshot``."""
+    with tasks.reported_failure("Building the Excel file", timeout=settings.XLSX_JOB_TIMEOUT):
+        crawl = Crawl.objects.select_related("project").filter(code=code).first()
+        if crawl is None:
+            raise LookupError(f"crawl {code} no longer exists")
+        target = path_for(code, snapshot)
+        if _fresh(target):
+            return str(target)
+        os.makedirs(folder(), mode=0o700, exist_ok=True)
+        os.chmod(folder(), 0o700)
+        fd, part = tempfile.mkstemp(dir=folder(), prefix=f".{code}-", suffix=".part")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write_xlsx(crawl, snapshot, fh)
+            os.replace(part, target)
+        except BaseException:
+            Path(part).unlink(missing_ok=True)
+            raise
+        prune()
+        return str(target)
+
+
+def file_response(crawl: Crawl, snapshot: int):
+    """The finished file as a download, or None when it is not ready (or has expired)."""
+    path = path_for(crawl.code, snapshot)
+    if not _fresh(path):
+        return None
+    try:
+        fh = open(path, "rb")  # an open file survives a prune that deletes its name meanwhile
+    except OSError:
+        return None
+    response = ExportFileResponse(fh, content_type=FORMATS["xlsx"][1])
+    return download_headers(response, crawl, "xlsx", snapshot)
+
+
+def prune(now: float | None = None) -> int:
+    """Delete expired files (and parts left by a killed build); returns how many went."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(os.scandir(folder()))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        age = now - entry.stat(follow_symlinks=False).st_mtime
+        stale = (entry.name.endswith(".xlsx") and age >= settings.XLSX_EXPORT_TTL) or (
+            entry.name.endswith(".part") and age >= 2 * settings.XLSX_JOB_TIMEOUT)
+        if stale and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
