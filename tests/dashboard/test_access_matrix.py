@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from dashboard import xlsx_builds
 from dashboard.models import ApiToken, Crawl, Item
 from tests.dashboard.factories import definition, project_for
 
@@ -43,6 +44,10 @@ HTTP_TABLE = [
     ("GET", "/crawls/{crawl}/items/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/{item}.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/export?format=jsonl", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/crawls/{crawl}/xlsx", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/xlsx/{snapshot}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/xlsx/{snapshot}/status", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/xlsx/{snapshot}/file", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/admin/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/rq/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/api/docs", LOGIN, OK, OK, OK),
@@ -62,6 +67,9 @@ HTTP_TABLE = [
     ("POST", "/api/crawls/{running}/scale", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/items", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=json", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/export?format=xlsx", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}/file", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
 ]
 ROLES = ("anonymous", "outsider", "owner", "staff")
 
@@ -78,9 +86,11 @@ def world(db, owner, outsider, staff):
     Item.objects.create(crawl=finished, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     staff.is_superuser = True
     staff.save()
+    xlsx_builds.build(crawl.code, item.pk)  # a ready Excel file of the crawl's items
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
-        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key},
+        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key,
+                "snapshot": item.pk},
     }
 
 
@@ -165,7 +175,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|item)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|item|snapshot)\}", "{}", path)
     for action in ("pause", "resume", "stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path
