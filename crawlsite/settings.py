@@ -113,9 +113,6 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
-            # Tests use a file (under the test run's own var/ folder), not SQLite's in-memory
-            # database, so that processes they start (the `tasks` RQ worker) share it.
-            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.urls import reverse
+from redis.exceptions import RedisError
 
 from dashboard import tasks
 from dashboard.exports import FORMATS, ExportFileResponse, download_headers, snapshot_max_id, write_xlsx
@@ -33,6 +34,7 @@ from dashboard.models import Crawl
 log = logging.getLogger(__name__)
 
 READY, PREPARING, FAILED, MISSING = "ready", "preparing", "failed", "missing"
+UNREACHABLE = "Redis is unreachable, so no Excel file can be built or checked now. Try again in a moment."
 
 
 @dataclass
@@ -81,7 +83,10 @@ def _fresh(path: Path) -> bool:
 def status(code: str, snapshot: int) -> Build:
     if _fresh(path_for(code, snapshot)):
         return Build(code, snapshot, READY, "The Excel file is ready.")
-    job = tasks.fetch(job_id(code, snapshot))
+    try:
+        job = tasks.fetch(job_id(code, snapshot))
+    except RedisError:
+        return Build(code, snapshot, FAILED, UNREACHABLE)
     if job is not None:
         state = tasks.status(job)
         if state in tasks.WAITING:
@@ -98,16 +103,21 @@ def request(crawl: Crawl) -> Build:
     current = status(crawl.code, snapshot)
     if current.status in (READY, PREPARING):
         return current
+    if current.detail == UNREACHABLE:
+        return current
     prefix = f"xlsx-{crawl.code}-"
-    for other in tasks.waiting_ids(prefix):  # one build per crawl at a time
-        building = status(crawl.code, int(other[len(prefix):]))
-        if building.status == PREPARING:
-            return building
-    tasks.enqueue(
-        "dashboard.xlsx_builds.build", crawl.code, snapshot,
-        job_id=job_id(crawl.code, snapshot), timeout=settings.XLSX_JOB_TIMEOUT,
-        description=f"Excel export of crawl {crawl.code} up to item {snapshot}",
-    )
+    try:
+        for other in tasks.waiting_ids(prefix):  # one build per crawl at a time
+            building = status(crawl.code, int(other[len(prefix):]))
+            if building.status == PREPARING:
+                return building
+        tasks.enqueue(
+            "dashboard.xlsx_builds.build", crawl.code, snapshot,
+            job_id=job_id(crawl.code, snapshot), timeout=settings.XLSX_JOB_TIMEOUT,
+            description=f"Excel export of crawl {crawl.code} up to item {snapshot}",
+        )
+    except RedisError:
+        return Build(crawl.code, snapshot, FAILED, UNREACHABLE)
     return Build(crawl.code, snapshot, PREPARING, "Waiting for a free task worker…")
 
 

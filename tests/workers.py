@@ -27,19 +27,36 @@ def start_rq_workers(count, **env_overrides):
 
 
 def _database_url():
-    """The test database as a DATABASE_URL, for processes that must share it."""
+    """A DATABASE_URL for a worker process that must read the test database.
+
+    PostgreSQL: the test database itself. SQLite: the test database lives in this process's
+    memory, so the worker gets a copy written now with SQLite's backup API. The ``tasks`` jobs
+    only read the database, so start the worker once the data its jobs need is committed.
+    """
     from django.db import connection
 
     db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    if not db["ENGINE"].endswith("sqlite3"):
+        return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    import sqlite3
+
+    connection.ensure_connection()
+    folder = Path(os.environ["CRAWLSITE_VAR_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"worker-db-{len(_started)}.sqlite3"
+    copy.unlink(missing_ok=True)
+    target = sqlite3.connect(copy)
+    try:
+        connection.connection.backup(target)
+    finally:
+        target.close()
+    return f"sqlite:///{copy}"
 
 
 def start_task_workers(count=1, **env_overrides):
     """``count`` burst workers on queue ``tasks`` (django-rq's ``rqworker``, as in the Procfile:
-    these jobs use the database), on the test Redis and the test database. Their output goes to
-    ``task-worker-N-M.log`` in the test run's var folder."""
+    these jobs use the database), on the test Redis and the test database (see _database_url).
+    Their output goes to ``task-worker-N-M.log`` in the test run's var folder."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), DATABASE_URL=_database_url(), **env_overrides)
     logs = Path(os.environ["CRAWLSITE_VAR_DIR"])
     logs.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ def test_every_form_rejects_a_post_without_csrf_token(owner):
         reverse("dashboard:project-edit", args=[project.pk]),
         reverse("dashboard:project-delete", args=[project.pk]),
         reverse("dashboard:project-launch", args=[project.pk]),
+        reverse("dashboard:crawl-xlsx-request", args=[crawl.code]),
         reverse("logout"),
     ] + [reverse("dashboard:crawl-control", args=[crawl.code, a]) for a in ("pause", "resume", "stop", "cancel", "scale")]
     for url in posts:
@@ -68,7 +69,8 @@ def test_pages_have_no_inline_scripts(owner_client, owner):
     project = project_for(owner)
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
     for url in ("/", "/projects/", project.get_absolute_url(), crawl.get_absolute_url(),
-                reverse("dashboard:crawl-items", args=[crawl.code]), "/api/docs"):
+                reverse("dashboard:crawl-items", args=[crawl.code]), "/api/docs",
+                reverse("dashboard:crawl-xlsx", args=[crawl.code, 1])):
         html = owner_client.get(url).content.decode()
         for tag in re.findall(r"<script\b[^>]*>", html):
             assert "src=" in tag or 'type="application/json"' in tag, (url, tag)
