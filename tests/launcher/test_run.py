@@ -115,8 +115,16 @@ def test_make_run_starts_everything_logs_in_and_ctrl_c_leaves_nothing(tmp_path):
         assert final_url == f"{base}/"
         assert "Overview" in page
 
-        descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
-        assert len(descendants) >= 6  # redis, honcho, web, 2 workers, conductor, demo site
+        children = psutil.Process(proc.pid).children(recursive=True)
+        descendants = {p.pid for p in children}
+        assert len(descendants) >= 7  # redis, honcho, web, 2 workers, the tasks worker, conductor, demo site
+        commands = []
+        for child in children:
+            try:
+                commands.append(" ".join(child.cmdline()))
+            except psutil.NoSuchProcess:
+                pass
+        assert any("rqworker tasks" in command for command in commands), commands
     finally:
         proc.send_signal(signal.SIGINT)
         try:
