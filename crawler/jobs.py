@@ -9,7 +9,8 @@ never returns, a hung extension) never reads its control key, so while it waits 
 every ``WATCH_INTERVAL`` seconds and in one pipelined read, whether the worker is to leave: the
 crawl's control key says ``stop``, the key is gone (cancel deleted the crawl's Redis state), the
 worker was retired by a scale-down, or the job itself got SIGTERM/SIGINT (the RQ worker is shutting
-down). A worker that has not left ``CRAWLSITE_STOP_GRACE`` seconds later gets SIGTERM, and
+down). A worker that has not left ``CRAWLSITE_STOP_GRACE`` seconds later (default: the worker's
+own ``CRAWLSITE_STOP_TIMEOUT``, 30 s, plus 10 s to close) gets SIGTERM, and
 ``CRAWLSITE_KILL_DELAY`` seconds after that SIGKILL, sent to its whole process group. Its leases
 then go back to the queue at once, its state says it was killed and why (also a warning in the
 crawl's log; nothing is written for a cancelled crawl), and the job returns: the RQ worker is free.
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 WATCH_INTERVAL = 0.5  # seconds between two looks at the control key: one round trip each
-DEFAULT_STOP_GRACE = 40.0  # the worker's own stop timeout (CRAWLSITE_STOP_TIMEOUT, 30 s) plus closing
+STOP_TIMEOUT = 30.0  # a healthy worker's own bound on draining after stop (CRAWLSITE_STOP_TIMEOUT)
+CLOSING_TIME = 10.0  # default grace: that bound plus this, so a draining worker is never killed
 DEFAULT_KILL_DELAY = 5.0
 
 WHY = {
@@ -183,7 +185,9 @@ def supervise(cmd: Sequence[str], leave: Callable[[], str | None], *, grace: flo
 def run_worker(code: str, worker_id: str, redis_url: str | None = None) -> dict:
     keys.validate_code(code)
     keys.validate_worker(worker_id)
-    grace = env_seconds("CRAWLSITE_STOP_GRACE", DEFAULT_STOP_GRACE)
+    grace = env_seconds("CRAWLSITE_STOP_GRACE")
+    if grace is None:
+        grace = env_seconds("CRAWLSITE_STOP_TIMEOUT", STOP_TIMEOUT) + CLOSING_TIME
     kill_delay = env_seconds("CRAWLSITE_KILL_DELAY", DEFAULT_KILL_DELAY)
     redis = get_redis(redis_url)
     cmd = [sys.executable, "-m", "crawler", "run", code, "--worker", worker_id]

@@ -157,7 +157,7 @@ def test_the_child_never_outlives_an_interrupted_job(tmp_path):
     assert gone(child) and gone(grandchild)
 
 
-@pytest.mark.parametrize("name", ["CRAWLSITE_STOP_GRACE", "CRAWLSITE_KILL_DELAY"])
+@pytest.mark.parametrize("name", ["CRAWLSITE_STOP_GRACE", "CRAWLSITE_KILL_DELAY", "CRAWLSITE_STOP_TIMEOUT"])
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf", "1e999"])
 def test_bad_timing_settings_are_refused_before_anything_starts(monkeypatch, redis_url, code, name, value):
     monkeypatch.setenv(name, value)
