@@ -33,6 +33,13 @@ def usage(user, exclude=None):
     return found["crawls"], found["workers"] or 0
 
 
+def summary(user):
+    """What the launch form shows: the user's use next to each cap (a cap of 0 means none)."""
+    crawls, workers = usage(user)
+    return {"crawls": crawls, "crawl_cap": settings.MAX_ACTIVE_CRAWLS_PER_USER,
+            "workers": workers, "worker_cap": settings.MAX_WORKERS_PER_USER}
+
+
 def _lock(user):
     if transaction.get_autocommit():
         raise RuntimeError("quotas must be checked inside the transaction that launches")

@@ -71,7 +71,8 @@ def project_edit(request, pk):
 def project_detail(request, pk):
     project = _get_project_for_user(request, pk)
     crawls = project.crawls.all()[:50]
-    return render(request, "dashboard/project_detail.html", {"project": project, "crawls": crawls})
+    return render(request, "dashboard/project_detail.html",
+                  {"project": project, "crawls": crawls, "usage": quotas.summary(request.user)})
 
 
 @require_http_methods(["GET", "POST"])

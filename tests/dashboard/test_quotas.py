@@ -164,3 +164,12 @@ def test_two_launches_at_once_cannot_both_pass_the_cap(owner, settings):
         thread.join(60)
     assert sorted(outcomes) == ["launched", "refused"]
     assert Crawl.objects.active().count() == 1
+
+
+def test_the_project_page_shows_the_use_next_to_each_cap(owner, owner_client, settings):
+    settings.MAX_ACTIVE_CRAWLS_PER_USER = 4
+    settings.MAX_WORKERS_PER_USER = 0
+    project = project_for(owner)
+    engine.launch(project, workers=3)
+    html = owner_client.get(project.get_absolute_url()).content.decode()
+    assert "Your active crawls: 1 of 4 · workers in use: 3</p>" in html
