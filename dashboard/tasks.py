@@ -54,7 +54,7 @@ def error_of(job):
     return "The job stopped before it finished (its worker died or ran out of time)."
 
 
-def enqueue(func, *args, job_id, timeout, description):
+def enqueue(func, *args, job_id, timeout, description, result_ttl=3600):
     """Enqueue ``func(*args)`` on ``tasks`` once the current transaction commits.
 
     A finished or failed job of the same id is replaced.
@@ -67,7 +67,7 @@ def enqueue(func, *args, job_id, timeout, description):
                 return
             old.delete()
         tasks_queue().enqueue(
-            func, *args, job_id=job_id, job_timeout=timeout, result_ttl=3600, failure_ttl=86400,
+            func, *args, job_id=job_id, job_timeout=timeout, result_ttl=result_ttl, failure_ttl=86400,
             description=description,
         )
 

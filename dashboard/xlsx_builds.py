@@ -34,6 +34,8 @@ from dashboard.models import Crawl
 log = logging.getLogger(__name__)
 
 READY, PREPARING, FAILED, MISSING = "ready", "preparing", "failed", "missing"
+ELSEWHERE = ("The build finished, but its file is not where the web server looks: the tasks worker and the "
+             "web server must share CRAWLSITE_EXPORTS_DIR.")
 UNREACHABLE = "Redis is unreachable, so no Excel file can be built or checked now. Try again in a moment."
 
 
@@ -94,6 +96,10 @@ def status(code: str, snapshot: int) -> Build:
             return Build(code, snapshot, PREPARING, waiting)
         if state in ("failed", "stopped", "canceled"):
             return Build(code, snapshot, FAILED, tasks.error_of(job))
+        if state == "finished" and not path_for(code, snapshot).exists():
+            # The job's record lives shorter than a file, so the file was not pruned: it was
+            # written where this process does not look.
+            return Build(code, snapshot, FAILED, ELSEWHERE)
     return Build(code, snapshot, MISSING, "No Excel file of these items is ready or being built.")
 
 
@@ -103,7 +109,7 @@ def request(crawl: Crawl) -> Build:
     current = status(crawl.code, snapshot)
     if current.status in (READY, PREPARING):
         return current
-    if current.detail == UNREACHABLE:
+    if current.detail in (UNREACHABLE, ELSEWHERE):  # building again would not help
         return current
     prefix = f"xlsx-{crawl.code}-"
     try:
@@ -114,6 +120,7 @@ def request(crawl: Crawl) -> Build:
         tasks.enqueue(
             "dashboard.xlsx_builds.build", crawl.code, snapshot,
             job_id=job_id(crawl.code, snapshot), timeout=settings.XLSX_JOB_TIMEOUT,
+            result_ttl=min(3600, settings.XLSX_EXPORT_TTL),
             description=f"Excel export of crawl {crawl.code} up to item {snapshot}",
         )
     except RedisError:

@@ -148,6 +148,15 @@ def test_a_failed_build_says_why_without_internals_and_can_be_tried_again(owner_
     assert owner_client.get(status_url).json()["status"] == "ready"
 
 
+def test_a_worker_writing_elsewhere_is_reported_as_a_misconfiguration(api, crawl, tmp_path):
+    build = api(f"/api/crawls/{crawl.code}/export?format=xlsx").json()
+    run_task_workers(CRAWLSITE_EXPORTS_DIR=str(tmp_path / "elsewhere"))
+    state = api(build["status_url"]).json()
+    assert state["status"] == "failed" and "CRAWLSITE_EXPORTS_DIR" in state["detail"]
+    assert api(f"/api/crawls/{crawl.code}/export?format=xlsx").json()["status"] == "failed"  # no rebuild loop
+    assert tasks.tasks_queue().get_job_ids() == []
+
+
 def test_one_build_per_crawl_at_a_time(api, crawl):
     first = api(f"/api/crawls/{crawl.code}/export?format=xlsx").json()
     add_items(crawl, [{"url": "https://example.com/new", "title": "new"}])  # the crawl moved on
