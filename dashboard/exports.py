@@ -73,6 +73,7 @@ __all__ = [
     "ExportFileResponse",
     "ExportResponse",
     "columns",
+    "download_headers",
     "export_response",
     "filename",
     "items_page",
