@@ -1,3 +1,6 @@
+import math
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.db import IntegrityError, transaction
@@ -149,12 +152,29 @@ def crawl_detail(request, code):
 @never_cache
 @require_GET
 def healthz(request):
-    """Liveness of every component for monitors: booleans and counts only, no secrets."""
+    """Liveness of every component for monitors and load balancers. Anyone may ask, so it answers
+    booleans and counts only: no versions, vendors or error texts."""
     report = health()
-    for part in report.values():
-        if isinstance(part, dict):
-            part.pop("error", None)
-    return JsonResponse(report, status=200 if report["ok"] else 503)
+    public = {
+        name: {key: value for key, value in part.items() if key in ("ok", "count")}
+        for name, part in report.items() if isinstance(part, dict)
+    }
+    public["ok"] = report["ok"]
+    return JsonResponse(public, status=200 if report["ok"] else 503)
+
+
+@login_not_required
+def login_locked_out(request, response=None, credentials=None):
+    """django-axes' answer to a login from a locked-out user name and address (dashboard or admin)."""
+    from axes.helpers import get_client_username, get_cool_off
+
+    cool_off = get_cool_off(request)
+    context = {
+        "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "username": get_client_username(request, credentials) or "",
+        "minutes": max(1, math.ceil(cool_off.total_seconds() / 60)) if cool_off else 0,
+    }
+    return render(request, "registration/locked_out.html", context, status=429)
 
 
 @login_not_required

@@ -15,10 +15,20 @@ def test_healthz_is_public_json_and_reports_each_component(client, redis_client)
     assert response["Content-Type"] == "application/json"
     body = response.json()
     assert body["database"]["ok"] is True
-    assert body["redis"]["ok"] is True and body["redis"]["version"]
+    assert body["redis"] == {"ok": True}
     assert body["workers"] == {"ok": False, "count": 0}
     assert body["conductor"]["ok"] is False
     assert body["ok"] is False and response.status_code == 503
+
+
+def test_healthz_shows_booleans_and_counts_only(client, redis_client):
+    """No software version, database vendor or error text reaches an anonymous caller."""
+    body = client.get("/healthz").json()
+    assert set(body) == {"ok", "database", "redis", "workers", "conductor"}
+    for name in ("database", "redis", "workers", "conductor"):
+        assert set(body[name]) <= {"ok", "count"}, body[name]
+        assert all(isinstance(v, (bool, int)) for v in body[name].values())
+    assert redis_client.info("server")["redis_version"] not in client.get("/healthz").content.decode()
 
 
 def test_healthz_reports_a_live_conductor(client, redis_client):
