@@ -107,6 +107,43 @@ def test_ensureadmin_uses_admin_password_from_environment(monkeypatch, capsys, d
     assert django_user_model.objects.get(username="admin").check_password("from-the-env-42")
 
 
+@pytest.mark.parametrize("existing", [{}, {"is_staff": True}, {"is_superuser": True, "is_active": False}])
+def test_ensureadmin_never_promotes_an_existing_account(monkeypatch, django_user_model, existing):
+    """An ordinary account that happens to be named ADMIN_USERNAME keeps its rights and password."""
+    from django.core.management import CommandError
+
+    monkeypatch.setenv("ADMIN_PASSWORD", "from-the-env-42")
+    user = django_user_model.objects.create_user("admin", password="users-own-pass-1", **existing)
+    before = django_user_model.objects.values().get(pk=user.pk)
+    with pytest.raises(CommandError, match="'admin' already exists and is not an active superuser"):
+        call_command("ensureadmin")
+    assert django_user_model.objects.values().get(pk=user.pk) == before
+    assert django_user_model.objects.count() == 1
+
+
+def test_ensureadmin_refusal_exits_non_zero_from_the_shell(tmp_path):
+    """As `make run` calls it: a clear line on stderr and exit code 1, nothing changed."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "CRAWLSITE_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "crawlsite.settings",
+           "REDIS_URL": "redis://127.0.0.1:1/0"}
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    manage = [sys.executable, str(root / "manage.py")]
+    subprocess.run(manage + ["migrate", "-v", "0"], env=env, check=True, capture_output=True)
+    subprocess.run(manage + ["shell", "-c", "from django.contrib.auth.models import User; "
+                             "User.objects.create_user('admin', password='x-pass-123')"], env=env, check=True)
+    result = subprocess.run(manage + ["ensureadmin"], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "already exists and is not an active superuser" in result.stderr
+    check = subprocess.run(manage + ["shell", "-c", "from django.contrib.auth.models import User; "
+                                     "print(User.objects.filter(is_superuser=True).count())"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.strip().splitlines()[-1] == "0"
+
+
 def test_conductor_survives_a_database_error(redis_client, monkeypatch):
     """A locked SQLite database fails one tick, not the conductor."""
     from django.db import OperationalError
