@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
 from ninja import Body, NinjaAPI, Schema, Status
 from ninja.security import HttpBearer, django_auth
+from pydantic import StrictInt
 from redis.exceptions import RedisError
 
 from crawler import state
@@ -58,7 +59,8 @@ class ProjectOut(Schema):
 
 
 class LaunchIn(Schema):
-    workers: int | None = None
+    # Strict: a JSON integer only, not "3", 3.0 or true (issue 11: numbers are read strictly).
+    workers: StrictInt | None = None
 
 
 class Counters(Schema):
@@ -232,7 +234,7 @@ def get_crawl(request, code: str):
 
 
 class ScaleIn(Schema):
-    workers: int
+    workers: StrictInt
 
 
 def _control(request, code, action):

@@ -3,15 +3,17 @@ import math
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from crawler.definition import MAX_WORKERS
 from dashboard import engine, exports, live
 from dashboard import items as item_queries
-from dashboard.forms import ProjectForm
+from dashboard.forms import ASCII_WHOLE_NUMBER, ProjectForm, parse_whole_number
 from dashboard.health import health
 from dashboard.models import Crawl, InvalidTransition, Project
 
@@ -95,12 +97,14 @@ def project_delete(request, pk):
 @require_POST
 def project_launch(request, pk):
     project = _get_project_for_user(request, pk)
-    workers = request.POST.get("workers", "").strip()
-    if workers and not workers.isdigit():
-        messages.error(request, f"Workers must be a whole number from 1 to 64, not “{workers}”.")
+    workers = request.POST.get("workers", "")
+    try:
+        workers = parse_whole_number(workers, "Workers", 1, MAX_WORKERS) if workers else None
+    except ValidationError as exc:
+        messages.error(request, exc.message)
         return redirect(project)
     try:
-        crawl = engine.launch(project, workers=int(workers) if workers else None)
+        crawl = engine.launch(project, workers=workers)
     except engine.LaunchError as exc:
         messages.error(request, str(exc))
         return redirect(project)
@@ -116,10 +120,11 @@ def crawl_control(request, code, action):
     crawl = _get_crawl_for_user(request, code)
     try:
         if action == "scale":
-            workers = request.POST.get("workers", "").strip()
-            if not workers.isdigit():
-                raise engine.LaunchError(f"Workers must be a whole number from 1 to 64, not “{workers}”.")
-            engine.scale(crawl, int(workers))
+            try:
+                workers = parse_whole_number(request.POST.get("workers", ""), "Workers", 1, MAX_WORKERS)
+            except ValidationError as exc:
+                raise engine.LaunchError(exc.message) from None
+            engine.scale(crawl, workers)
         else:
             engine.control(crawl, action)
     except (InvalidTransition, engine.LaunchError) as exc:
@@ -193,7 +198,7 @@ def server_error(request):
 def _cursor(request, name):
     """An ``?after=`` / ``?before=`` cursor: a positive item id, or None when absent or malformed."""
     value = request.GET.get(name, "")
-    return int(value) if value.isdigit() and len(value) < 19 else None
+    return int(value) if ASCII_WHOLE_NUMBER.fullmatch(value) else None
 
 
 @require_GET
