@@ -41,6 +41,8 @@ def run_launcher(env, timeout=30):
         ({"REDIS_URL": "http://x"}, "Startup error: REDIS_URL='http://x' must start with redis://"),
         ({"REDIS_URL": "redis://127.0.0.1:1/0"}, "Startup error: REDIS_URL: cannot reach Redis"),
         ({"DATABASE_URL": "mysql://x/y"}, "Startup error: DATABASE_URL='mysql://x/y' must start with"),
+        ({"BEHIND_PROXY": "maybe"}, "Startup error: BEHIND_PROXY='maybe' is not a boolean"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1,proxy;rm"}, "Startup error: FORWARDED_ALLOW_IPS='10.0.0.1,proxy;rm': 'proxy;rm' is not"),
     ],
 )
 def test_bad_environment_stops_startup_with_one_line(tmp_path, extra, line):
