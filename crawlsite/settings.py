@@ -19,6 +19,7 @@ from crawlsite.env import (
     env_list,
     env_str,
 )
+from crawlsite.private_files import create_private_file, make_private_dir, read_or_create_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CRAWLSITE_VAR_DIR", str(BASE_DIR / "var")))
@@ -29,13 +30,7 @@ def _secret_key():
     key = env_str("SECRET_KEY")
     if key:
         return key
-    path = VAR_DIR / "secret-key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    return read_or_create_secret(VAR_DIR / "secret-key", lambda: secrets.token_urlsafe(50))
 
 
 def _redis_url():
@@ -112,6 +107,9 @@ _database_url = env_str("DATABASE_URL")
 if _database_url:
     DATABASES = {"default": check_database_url("DATABASE_URL", _database_url)}
 else:
+    # Made here, private, before SQLite makes it with the process's umask: its -wal and -shm
+    # files take the database file's mode.
+    create_private_file(make_private_dir(VAR_DIR) / "db.sqlite3")
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",

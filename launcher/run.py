@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from crawlsite.private_files import make_tree_private
 from launcher.redis import EmbeddedRedis, ensure_password_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -164,6 +165,9 @@ def stop_descendants(timeout=10.0):
 
 
 def main():
+    # Everything this process and its children create (database, Redis files, secrets, logs) is
+    # readable by this account only.
+    os.umask(0o077)
     os.chdir(BASE_DIR)
     load_dotenv(BASE_DIR / ".env")
     var_dir = Path(os.environ.get("CRAWLSITE_VAR_DIR") or BASE_DIR / "var")
@@ -182,6 +186,9 @@ def main():
     url_file = var_dir / "redis.url"
     try:
         config = read_config()
+        fixed = make_tree_private(var_dir)
+        if fixed:
+            print(f"Made {len(fixed)} file(s) under {var_dir} private to this account (0600 files, 0700 folders).")
         check_port_free(config["host"], config["port"], "PORT")
         check_port_free("127.0.0.1", config["demo_port"], "DEMO_PORT")
         if config["redis_url"]:
