@@ -11,7 +11,7 @@ import re
 from django import forms
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
-from dashboard.models import Project, validate_definition
+from dashboard.models import ApiToken, Project, TokenError, validate_definition
 
 FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
 LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
@@ -224,6 +224,22 @@ class ProjectForm(forms.Form):
                 where = f"{rest[1]}: "
             for message in messages:
                 self.add_error(field, f"{where}{message}")
+
+
+class TokenForm(forms.Form):
+    """A new API token on the account page: a name and an expiry chosen from a short list."""
+
+    name = forms.CharField(max_length=ApiToken.NAME_MAX, help_text="What it is for, e.g. “nightly export script”.")
+    expires = forms.ChoiceField(choices=ApiToken.EXPIRY_CHOICES, initial="90d", label="Expires after")
+
+    def clean_name(self):
+        try:
+            return ApiToken.clean_name(self.cleaned_data["name"])
+        except TokenError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_expires(self):
+        return ApiToken.parse_expiry(self.cleaned_data["expires"])
 
 
 class ProjectAdminForm(forms.ModelForm):

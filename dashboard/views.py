@@ -2,20 +2,22 @@ import math
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crawler.definition import MAX_WORKERS
 from dashboard import engine, exports, live
 from dashboard import items as item_queries
-from dashboard.forms import ASCII_WHOLE_NUMBER, ProjectForm, parse_whole_number
+from dashboard.forms import ASCII_WHOLE_NUMBER, ProjectForm, TokenForm, parse_whole_number
 from dashboard.health import health
-from dashboard.models import Crawl, InvalidTransition, Project
+from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError
 
 
 def _get_project_for_user(request, pk):
@@ -239,3 +241,53 @@ def project_export(request, pk):
     if crawl is None:
         return JsonResponse({"detail": f"Project {project.name!r} has no finished crawl yet."}, status=404)
     return exports.export_response(crawl, request.GET.get("format", "jsonl"))
+
+
+# --- Account: API tokens (issue 11) -------------------------------------------------------------
+
+
+def _account_page(request, form, new_token=None, secret=None, status=200):
+    tokens = ApiToken.objects.for_user(request.user)
+    context = {"form": form, "tokens": tokens, "new_token": new_token, "secret": secret,
+               "max_tokens": ApiToken.MAX_PER_USER}
+    return render(request, "dashboard/account.html", context, status=status)
+
+
+@never_cache
+@require_GET
+def account(request):
+    return _account_page(request, TokenForm())
+
+
+@never_cache
+@require_POST
+def account_token_create(request):
+    """Create a token and show its secret on this one answer (never stored, never redirected)."""
+    form = TokenForm(request.POST)
+    if form.is_valid():
+        try:
+            token, secret = ApiToken.create_for(request.user, form.cleaned_data["name"], form.cleaned_data["expires"])
+        except TokenError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return _account_page(request, TokenForm(), new_token=token, secret=secret)
+    return _account_page(request, form)
+
+
+@require_POST
+def account_token_revoke(request, token_id):
+    token = get_object_or_404(ApiToken.objects.for_user(request.user), public_id=token_id)
+    token.delete()
+    messages.success(request, f"Token “{token.name}” ({token.prefix}…) revoked: it no longer works.")
+    return redirect("dashboard:account")
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change, back to the account page; the change revokes every API token."""
+
+    success_url = reverse_lazy("dashboard:account")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        messages.success(self.request, "Password changed. Your API tokens were revoked: create new ones below.")
+        return response
