@@ -270,3 +270,14 @@ def test_apitoken_command_refuses_bad_input(owner, args, message):
     with pytest.raises(CommandError, match=message):
         call_command("apitoken", "owner", *args)
     assert not ApiToken.objects.exists()
+
+
+def test_admin_lists_tokens_without_secrets_and_cannot_add_one(client, staff, owner):
+    staff.is_superuser = True
+    staff.save()
+    client.force_login(staff)
+    row, secret = ApiToken.create_for(owner, "listed in admin")
+    page = client.get("/admin/dashboard/apitoken/").content.decode()
+    assert "listed in admin" in page and secret not in page
+    assert client.get("/admin/dashboard/apitoken/add/").status_code == 403
+    assert secret not in client.get(f"/admin/dashboard/apitoken/{row.pk}/change/").content.decode()
