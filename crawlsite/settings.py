@@ -4,7 +4,6 @@ The defaults run offline on one machine: SQLite and Redis (the embedded one that
 starts) under var/.
 """
 
-import os
 import secrets
 from datetime import timedelta
 from pathlib import Path

@@ -246,11 +246,11 @@ def project_export(request, pk):
 # --- Account: API tokens (issue 11) -------------------------------------------------------------
 
 
-def _account_page(request, form, new_token=None, secret=None, status=200):
+def _account_page(request, form, new_token=None, secret=None):
     tokens = ApiToken.objects.for_user(request.user)
     context = {"form": form, "tokens": tokens, "new_token": new_token, "secret": secret,
                "max_tokens": ApiToken.MAX_PER_USER}
-    return render(request, "dashboard/account.html", context, status=status)
+    return render(request, "dashboard/account.html", context)
 
 
 @never_cache

@@ -4,7 +4,6 @@
 queues); the test suite and the benchmarks start throwaway ones on free ports.
 """
 
-import os
 import socket
 import subprocess
 import time
