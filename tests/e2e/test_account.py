@@ -16,7 +16,7 @@ def api_status(base, token):
         return exc.code, json.load(exc)
 
 
-def test_make_use_and_revoke_a_token_from_the_account_page(logged_in_page, live_asgi):
+def test_make_use_and_revoke_a_token_from_the_account_page(logged_in_page, live_asgi, artifacts):
     page = logged_in_page
     problems = []
     page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
@@ -28,6 +28,7 @@ def test_make_use_and_revoke_a_token_from_the_account_page(logged_in_page, live_
     page.select_option("#id_expires", "7d")
     page.click("text=Create token")
     secret = page.locator("[data-token-secret]").inner_text().strip()
+    page.screenshot(path=str(artifacts / "account.png"), full_page=True)
     assert secret.startswith("cs_")
     status, listed = api_status(live_asgi.url, secret)
     assert status == 200 and [t["name"] for t in listed] == ["browser-made"]
