@@ -20,4 +20,7 @@ urlpatterns = [
     path("crawls/<str:code>/items/<str:key>.json", views.item_json, name="item-json"),
     path("crawls/<str:code>/export", views.crawl_export, name="crawl-export"),
     path("projects/<int:pk>/export", views.project_export, name="project-export"),
+    path("account/", views.account, name="account"),
+    path("account/tokens/new", views.account_token_create, name="account-token-create"),
+    path("account/tokens/<str:token_id>/revoke", views.account_token_revoke, name="account-token-revoke"),
 ]

@@ -43,6 +43,10 @@ HTTP_TABLE = [
     ("GET", "/crawls/{crawl}/items/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/{item}.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/export?format=jsonl", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/accounts/password/", LOGIN, OK, OK, OK),
+    ("GET", "/account/", LOGIN, OK, OK, OK),
+    ("POST", "/account/tokens/new", LOGIN, OK, OK, OK),
+    ("POST", "/account/tokens/{token}/revoke", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/admin/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/rq/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/api/docs", LOGIN, OK, OK, OK),
@@ -62,6 +66,9 @@ HTTP_TABLE = [
     ("POST", "/api/crawls/{running}/scale", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/items", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=json", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/tokens", UNAUTHORIZED, OK, OK, OK),
+    ("POST", "/api/tokens", UNAUTHORIZED, 201, 201, 201),
+    ("DELETE", "/api/tokens/{token}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
 ]
 ROLES = ("anonymous", "outsider", "owner", "staff")
 
@@ -78,9 +85,11 @@ def world(db, owner, outsider, staff):
     Item.objects.create(crawl=finished, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     staff.is_superuser = True
     staff.save()
+    token, _secret = ApiToken.create_for(owner, "owner's script")
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
-        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key},
+        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key,
+                "token": token.public_id},
     }
 
 
@@ -99,10 +108,14 @@ def request(role, method, path, world):
             content_type = "application/json"
             if path.endswith("/scale"):
                 body = json.dumps({"workers": 1})
+            elif path == "/api/tokens":
+                body = json.dumps({"name": f"Made by {role}", "expires": "30d"})
             elif path == "/api/projects" or method == "PUT":
                 body = json.dumps(definition(f"Made by {role}"))
             else:
                 body = "{}"
+        elif path == "/account/tokens/new":
+            body = {"name": f"Made by {role}", "expires": "never"}
         else:
             body = {"workers": "1"}
     call = getattr(client, method.lower())
@@ -165,7 +178,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|item)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|item|token)\}", "{}", path)
     for action in ("pause", "resume", "stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from launcher.redis import free_port
+from tests.launcher.test_private_files import group_or_other_readable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +42,8 @@ def run_launcher(env, timeout=30):
         ({"REDIS_URL": "http://x"}, "Startup error: REDIS_URL='http://x' must start with redis://"),
         ({"REDIS_URL": "redis://127.0.0.1:1/0"}, "Startup error: REDIS_URL: cannot reach Redis"),
         ({"DATABASE_URL": "mysql://x/y"}, "Startup error: DATABASE_URL='mysql://x/y' must start with"),
+        ({"BEHIND_PROXY": "maybe"}, "Startup error: BEHIND_PROXY='maybe' is not a boolean"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1,proxy;rm"}, "Startup error: FORWARDED_ALLOW_IPS='10.0.0.1,proxy;rm': 'proxy;rm' is not"),
     ],
 )
 def test_bad_environment_stops_startup_with_one_line(tmp_path, extra, line):
@@ -79,6 +82,13 @@ def _login(base, username, password):
 def test_make_run_starts_everything_logs_in_and_ctrl_c_leaves_nothing(tmp_path):
     port = free_port()
     env = launcher_env(tmp_path, PORT=str(port), DEMO_PORT=str(free_port()), WORKERS="2")
+    # A var/ left by an older version, readable by everyone.
+    var = tmp_path / "var"
+    (var / "old").mkdir(parents=True)
+    (var / "old" / "notes.txt").write_text("old data")
+    (var / "old" / "notes.txt").chmod(0o644)
+    (var / "old").chmod(0o755)
+    var.chmod(0o755)
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -110,6 +120,12 @@ def test_make_run_starts_everything_logs_in_and_ctrl_c_leaves_nothing(tmp_path):
             time.sleep(0.2)
         assert health["ok"], health
         assert health["workers"]["count"] == 2
+
+        # Everything under var/ is private once the stack runs: database (and its WAL while open),
+        # secret key, Redis's append-only file, password and URL, and what was there before.
+        for name in ("db.sqlite3", "db.sqlite3-wal", "secret-key", "redis-password", "redis.url", "redis/appendonly.aof"):
+            assert (var / name).exists(), name
+        assert group_or_other_readable(var) == []
 
         final_url, page = _login(base, "admin", password)
         assert final_url == f"{base}/"
