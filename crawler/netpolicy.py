@@ -116,22 +116,22 @@ def parse_entry(entry: str) -> Allowed:
     m = _ENTRY.match(text)
     if m is None:
         hint = " (IPv6 addresses go in brackets, e.g. [::1]:8001)" if text.count(":") > 1 else ""
-        raise PolicyError(f"{ENV_VAR}: {entry!r} is not ADDRESS[/PREFIX][:PORT]{hint}")
+        raise PolicyError(f"{ENV_VAR}: entry {entry!r} is not ADDRESS[/PREFIX][:PORT]{hint}")
     if m["v6pre_in"] and m["v6pre"]:
-        raise PolicyError(f"{ENV_VAR}: {entry!r} has two prefix lengths")
+        raise PolicyError(f"{ENV_VAR}: entry {entry!r} has two prefix lengths")
     address = m["v6"] or m["v4"]
     prefix = m["v6pre_in"] or m["v6pre"] or m["v4pre"]
     try:
         network = ipaddress.ip_network(f"{address}/{prefix}" if prefix else address, strict=True)
     except ValueError as exc:
-        raise PolicyError(f"{ENV_VAR}: {entry!r} is not a valid address or network ({exc})") from None
+        raise PolicyError(f"{ENV_VAR}: entry {entry!r} is not a valid address or network ({exc})") from None
     if m["v6"] and network.version != 6:
-        raise PolicyError(f"{ENV_VAR}: {entry!r}: only IPv6 addresses go in brackets")
+        raise PolicyError(f"{ENV_VAR}: entry {entry!r}: only IPv6 addresses go in brackets")
     port = None
     if m["port"] is not None:
         port = int(m["port"])
         if not 1 <= port <= 65535:
-            raise PolicyError(f"{ENV_VAR}: {entry!r}: the port must be between 1 and 65535")
+            raise PolicyError(f"{ENV_VAR}: entry {entry!r}: the port must be between 1 and 65535")
     return Allowed(network, port)
 
 

@@ -44,7 +44,7 @@ def load_dotenv(path):
 def read_config():
     from django.core.exceptions import ImproperlyConfigured
 
-    from crawlsite.env import check_database_url, check_redis_url, env_int, env_str
+    from crawlsite.env import check_database_url, check_redis_url, env_allowed_networks, env_int, env_str
 
     try:
         config = {
@@ -53,6 +53,7 @@ def read_config():
             "workers": env_int("WORKERS", 2, minimum=0, maximum=64),
             "demo_port": env_int("DEMO_PORT", 0, minimum=0, maximum=65535),
             "redis_url": env_str("REDIS_URL"),
+            "allowed_networks": env_allowed_networks(),
         }
         if config["redis_url"]:
             check_redis_url("REDIS_URL", config["redis_url"])
@@ -174,6 +175,9 @@ def main():
             DEMO_PORT=str(config["demo_port"]),
             RQ_REDIS_URL=redis_url,
             PYTHONUNBUFFERED="1",
+            # Crawls refuse loopback addresses: open the demo site's port, and only that, unless the
+            # user chose the exceptions (the dashboard and Redis stay out of reach either way).
+            CRAWLSITE_ALLOWED_NETWORKS=config["allowed_networks"] or f"127.0.0.1:{config['demo_port']}",
         )
         # Server processes are started by path from the venv that runs this launcher.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

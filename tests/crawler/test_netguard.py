@@ -221,7 +221,7 @@ def test_a_worker_with_a_bad_entry_refuses_to_start_with_one_line(r, code, redis
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "Startup error: CRAWLSITE_ALLOWED_NETWORKS: 'localhost' is not ADDRESS[/PREFIX][:PORT]"]
+        "Startup error: CRAWLSITE_ALLOWED_NETWORKS: entry 'localhost' is not ADDRESS[/PREFIX][:PORT]"]
     worker = state.read_counters(r, code)["workers"]["w1"]
     assert worker["state"] == "failed" and "'localhost'" in worker["message"]
     assert r.xlen(keys.items(code)) == 0
