@@ -1,7 +1,10 @@
-"""A real ASGI server (uvicorn) serving Crawlsite inside the test process.
+"""Servers of the test process: a real ASGI server (uvicorn) serving Crawlsite, and the network
+policy's exceptions for the sites tests crawl.
 
 HTTP and websockets go through the same stack as `make run`. It runs in a thread so it shares
-pytest-django's test database (use it with ``transactional_db``).
+pytest-django's test database (use it with ``transactional_db``). Crawls refuse loopback addresses,
+so each demo site is opened (its port only) while it runs; a test that serves pages of its own
+opens them with :func:`allow_crawling` (see tests/dashboard/test_network_policy.py).
 """
 
 import asyncio
