@@ -156,6 +156,13 @@ class GuardedResolver:
 
     def _deliver(self, found: list[tuple[int, str, int, int]], receiver: IResolutionReceiver, host: str,
                  port: int, want4: bool, want6: bool) -> None:
+        try:
+            self._filter(found, receiver, host, port, want4, want6)
+        finally:  # always: the connection attempt must not wait for an answer that never comes
+            receiver.resolutionComplete()
+
+    def _filter(self, found: list[tuple[int, str, int, int]], receiver: IResolutionReceiver, host: str,
+                port: int, want4: bool, want6: bool) -> None:
         reasons: list[str] = []
         seen = set()
         for version, address, flowinfo, scope in found:
@@ -172,7 +179,6 @@ class GuardedResolver:
         if reasons and len(reasons) == len(seen):
             text = reasons[0] if _literal(host) is not None else f"{host} resolves to {'; '.join(reasons[:4])}"
             refusals.record(host, port, f"{text} (port {port} not opened by {ENV_VAR})")
-        receiver.resolutionComplete()
 
 
 class GuardedHTTPDownloadHandler(HTTP11DownloadHandler):

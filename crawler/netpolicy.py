@@ -95,10 +95,11 @@ class Allowed:
         return ip.version == self.network.version and ip in self.network and self.port in (None, port)
 
     def __str__(self) -> str:
-        net = str(self.network) if self.network.version == 4 else f"[{self.network.network_address}]/{self.network.prefixlen}"
-        if self.network.num_addresses == 1:
-            net = str(self.network.network_address) if self.network.version == 4 else f"[{self.network.network_address}]"
-        return net if self.port is None else f"{net}:{self.port}"
+        net = self.network
+        text = str(net.network_address) if net.version == 4 else f"[{net.network_address}]"
+        if net.prefixlen != net.max_prefixlen:
+            text += f"/{net.prefixlen}"
+        return text if self.port is None else f"{text}:{self.port}"
 
 
 _ENTRY = re.compile(
