@@ -11,8 +11,10 @@
 * When nothing is left, the lookup ends empty (Twisted raises ``DNSLookupError``);
   :class:`GuardedHTTPDownloadHandler` turns that into :class:`BlockedAddress` with the reason,
   which is not retried, and :class:`NetworkGuardMiddleware` counts it and logs it.
-* Only ``http`` and ``https`` have a download handler (``crawler.settings``); the scheduler drops
-  requests of other schemes before they are queued and counts them.
+* Only ``http`` and ``https`` have a download handler (``crawler.settings``), both this HTTP/1.1
+  handler (so Scrapy's HTTP/2 handler, and the httpx/aiohttp ones that resolve names their own way,
+  are never used); the scheduler drops requests of other schemes before they are queued and
+  counts them.
 """
 
 from __future__ import annotations

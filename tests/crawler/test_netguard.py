@@ -225,3 +225,17 @@ def test_a_worker_with_a_bad_entry_refuses_to_start_with_one_line(r, code, redis
     worker = state.read_counters(r, code)["workers"]["w1"]
     assert worker["state"] == "failed" and "'localhost'" in worker["message"]
     assert r.xlen(keys.items(code)) == 0
+
+
+def test_the_resolver_keeps_scrapys_dns_timeout_and_reads_the_exceptions(monkeypatch):
+    monkeypatch.setenv("CRAWLSITE_ALLOWED_NETWORKS", "[::1]:8001")
+    settings = crawl_settings({}, "tabc", "w1", overrides={"DNS_TIMEOUT": "7"})
+
+    class Process:  # Scrapy builds the resolver from the CrawlerProcess: only its settings are read
+        pass
+
+    process = Process()
+    process.settings = settings
+    resolver = GuardedResolver.from_crawler(process, reactor=None)
+    assert resolver.timeout == 7.0
+    assert str(resolver.policy) == "[::1]:8001"
