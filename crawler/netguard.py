@@ -146,7 +146,7 @@ class GuardedResolver:
         family = socket.AF_UNSPEC if want4 and want6 else socket.AF_INET if want4 else socket.AF_INET6
         try:
             infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
+        except (OSError, UnicodeError, ValueError):  # no such name, or not a name at all
             return []
         found = []
         for fam, _type, _proto, _canon, sockaddr in infos:
