@@ -239,3 +239,31 @@ def test_the_resolver_keeps_scrapys_dns_timeout_and_reads_the_exceptions(monkeyp
     resolver = GuardedResolver.from_crawler(process, reactor=None)
     assert resolver.timeout == 7.0
     assert str(resolver.policy) == "[::1]:8001"
+
+
+def test_the_scheduler_drops_other_schemes_before_queueing_counts_and_logs_them(r, code, caplog):
+    from types import SimpleNamespace
+
+    from scrapy import Request, Spider
+    from scrapy.settings import Settings
+    from scrapy.statscollectors import MemoryStatsCollector
+    from scrapy.utils.request import RequestFingerprinter
+
+    from crawler.scheduler import RedisScheduler
+
+    engine = SimpleNamespace(downloader=SimpleNamespace(total_concurrency=4, active=set()))
+    stats = MemoryStatsCollector(SimpleNamespace(settings=Settings()))
+    sched = RedisScheduler(r, code, "w1", fingerprinter=RequestFingerprinter(), crawler=SimpleNamespace(engine=engine),
+                           idle_poll=0, stats=stats)
+    sched.open(Spider(name="s"))
+    hostile = ["file:///etc/passwd", "FILE://127.0.0.1/etc/passwd", "ftp://127.0.0.1:6379/", "data:text/html,x",
+               "s3://bucket/key", "gopher://127.0.0.1:6379/_INFO"]
+    with caplog.at_level("WARNING", logger="crawler.netguard"):
+        assert [sched.enqueue_request(Request(url)) for url in hostile] == [False] * len(hostile)
+        assert sched.enqueue_request(Request("http://example.com/")) is True
+    sched.flush()
+    assert r.zcard(keys.queue(code)) == 1
+    assert stats.get_value("crawlsite/blocked_scheme") == len(hostile)
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "crawler.netguard"]
+    assert "Refused file:///etc/passwd: the 'file' scheme is never fetched (only http and https)" in logged
+    assert len(logged) == len(hostile)
