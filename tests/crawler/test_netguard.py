@@ -267,3 +267,28 @@ def test_the_scheduler_drops_other_schemes_before_queueing_counts_and_logs_them(
     logged = [rec.getMessage() for rec in caplog.records if rec.name == "crawler.netguard"]
     assert "Refused file:///etc/passwd: the 'file' scheme is never fetched (only http and https)" in logged
     assert len(logged) == len(hostile)
+
+
+def test_a_flood_of_refused_links_is_counted_in_full_and_logged_in_part(r, code, caplog):
+    from types import SimpleNamespace
+
+    from scrapy import Request, Spider
+    from scrapy.settings import Settings
+    from scrapy.statscollectors import MemoryStatsCollector
+    from scrapy.utils.request import RequestFingerprinter
+
+    from crawler.netguard import LOGGED_PER_KIND
+    from crawler.scheduler import RedisScheduler
+
+    engine = SimpleNamespace(downloader=SimpleNamespace(total_concurrency=4, active=set()))
+    stats = MemoryStatsCollector(SimpleNamespace(settings=Settings()))
+    sched = RedisScheduler(r, code, "w1", fingerprinter=RequestFingerprinter(), crawler=SimpleNamespace(engine=engine),
+                           idle_poll=0, stats=stats)
+    sched.open(Spider(name="s"))
+    with caplog.at_level("WARNING", logger="crawler.netguard"):
+        for i in range(500):
+            sched.enqueue_request(Request(f"file:///etc/{i}"))
+    assert stats.get_value("crawlsite/blocked_scheme") == 500
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "crawler.netguard"]
+    assert len(logged) == LOGGED_PER_KIND + 1
+    assert logged[-1] == "Further refused requests of this kind are counted, not logged"
