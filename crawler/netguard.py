@@ -199,7 +199,7 @@ class GuardedHTTPDownloadHandler(HTTP11DownloadHandler):
             raise
 
 
-class _Throttled:
+class LogLimit:
     """Logs the first ``limit`` warnings of a kind, then says once that the rest are only counted."""
 
     def __init__(self, limit: int = LOGGED_PER_KIND):
@@ -220,8 +220,8 @@ class NetworkGuardMiddleware:
 
     def __init__(self, stats: Any = None):
         self.stats = stats
-        self._schemes = _Throttled()
-        self._addresses = _Throttled()
+        self._schemes = LogLimit()
+        self._addresses = LogLimit()
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> NetworkGuardMiddleware:
@@ -241,7 +241,7 @@ class NetworkGuardMiddleware:
         return None
 
 
-def refuse_scheme(url: str, stats: Any, throttle: _Throttled) -> None:
+def refuse_scheme(url: str, stats: Any, throttle: LogLimit) -> None:
     """Count (and log, up to a limit) a request of a scheme crawls never fetch."""
     if stats is not None:
         stats.inc_value(SCHEME_STAT)

@@ -52,7 +52,7 @@ from . import keys, scripts
 from .connection import get_redis
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
 from .middlewares import Lease, LeaseTracker
-from .netguard import _Throttled, refuse_scheme
+from .netguard import LogLimit, refuse_scheme
 from .netpolicy import scheme_allowed
 from .queue import RequestQueue, request_from_json, request_to_json, return_leases
 
@@ -98,7 +98,7 @@ class RedisScheduler(BaseScheduler):
         self.channel = scripts.Channel(redis)
         self._filtered = 0  # duplicates found in the local cache, not yet in the stats
         self._losses_seen = 0  # connection losses of the channel already looked after
-        self._refused_schemes = _Throttled()
+        self._refused_schemes = LogLimit()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisScheduler:
