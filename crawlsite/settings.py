@@ -11,6 +11,7 @@ from pathlib import Path
 from crawlsite.env import (
     check_database_url,
     check_redis_url,
+    env_allowed_networks,
     env_bool,
     env_choice,
     env_float,
@@ -201,6 +202,8 @@ CONDUCTOR_TICK = env_float("CONDUCTOR_TICK", 0.25, minimum=0.05, maximum=10)
 CONDUCTOR_LOCK_TTL = env_float("CONDUCTOR_LOCK_TTL", 5.0, minimum=1, maximum=300)
 # A crawl with an empty queue and nothing in flight for this long is finished (seconds).
 CRAWL_IDLE_GRACE = env_float("CRAWL_IDLE_GRACE", 1.5, minimum=0.1, maximum=600)
+# Read by crawl workers (crawler.netpolicy); checked here too, so a bad entry stops startup
+CRAWLSITE_ALLOWED_NETWORKS = env_allowed_networks()
 # RQ job timeout of a crawl worker without a duration limit, and the margin added to one.
 CRAWL_JOB_TIMEOUT = env_int("CRAWL_JOB_TIMEOUT", 7 * 86400, minimum=60)
 CRAWL_JOB_MARGIN = 600

@@ -45,7 +45,9 @@ def load_dotenv(path):
 def read_config():
     from django.core.exceptions import ImproperlyConfigured
 
-    from crawlsite.env import check_database_url, check_redis_url, env_bool, env_int, env_str
+    from crawlsite.env import (
+        check_database_url, check_redis_url, env_allowed_networks, env_bool, env_int, env_str,
+    )
 
     try:
         config = {
@@ -56,6 +58,7 @@ def read_config():
             "redis_url": env_str("REDIS_URL"),
             "behind_proxy": env_bool("BEHIND_PROXY", False),
             "forwarded_allow_ips": check_forwarded_allow_ips(env_str("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")),
+            "allowed_networks": env_allowed_networks(),
         }
         if config["redis_url"]:
             check_redis_url("REDIS_URL", config["redis_url"])
@@ -212,6 +215,9 @@ def main():
             PYTHONUNBUFFERED="1",
             WEB_PROXY_FLAGS=web_proxy_flags(config),
             FORWARDED_ALLOW_IPS=config["forwarded_allow_ips"],
+            # Crawls refuse loopback addresses: open the demo site's port, and only that, unless the
+            # user chose the exceptions (the dashboard and Redis stay out of reach either way).
+            CRAWLSITE_ALLOWED_NETWORKS=config["allowed_networks"] or f"127.0.0.1:{config['demo_port']}",
         )
         # Server processes are started by path from the venv that runs this launcher.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
