@@ -385,6 +385,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="control-bench-"))
     server = EmbeddedRedis(tmp / "redis").start()
     site = start_site(profile=profile, delay_ms=DELAY_MS)
+    os.environ["CRAWLSITE_ALLOWED_NETWORKS"] = f"127.0.0.1:{site.port}"  # crawls refuse loopback otherwise
     try:
         r = redislib.Redis.from_url(server.url, decode_responses=True)
         definition = definition_for(site)

@@ -503,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpd)
         er = EmbeddedRedis(tmp / "redis").start()
         site = start_site_process("bench")
+        os.environ["CRAWLSITE_ALLOWED_NETWORKS"] = f"127.0.0.1:{site.port}"  # crawls refuse loopback otherwise
         try:
             r = redislib.Redis.from_url(er.url, decode_responses=True)
             definition = site.recommended_definition()

@@ -52,12 +52,19 @@ def run(code: str, worker: str, redis_url: str | None = None, overrides: dict | 
     from scrapy.crawler import CrawlerProcess
     from scrapy.utils.misc import load_object
 
-    from .settings import crawl_settings, spider_path
+    from .netpolicy import PolicyError
+    from .settings import allowed_networks, crawl_settings, spider_path
 
     keys.validate_code(code)
     keys.validate_worker(worker)
     redis_url = redis_url or os.environ.get("REDIS_URL")
     redis = get_redis(redis_url)
+    try:
+        allowed_networks()
+    except PolicyError as exc:  # a bad entry: one line, no crawling at all
+        _record_failure(redis, code, worker, str(exc))
+        print(f"Startup error: {exc}", file=sys.stderr)
+        return 1
     try:
         raw = redis.get(keys.definition(code))
         if not raw:

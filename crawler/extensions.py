@@ -178,6 +178,8 @@ class WorkerStats:
     """Heartbeat, worker state and crawl-wide counters, every ``interval`` seconds."""
 
     COUNTERS = ("pages", "errors")
+    # worker stats summed crawl-wide in the crawl's stats hash, under these fields
+    SHIPPED_STATS = {"crawlsite/blocked_address": "blocked_address", "crawlsite/blocked_scheme": "blocked_scheme"}
 
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, crawler: Crawler | None = None,
                  interval: float = 0.25, ttl: float = 10.0, stats: Any = None, give_up: float = 60.0):
@@ -272,6 +274,10 @@ class WorkerStats:
             if self.stats is not None:  # download errors counted by the lease middleware
                 n = int(self.stats.get_value("crawlsite/download_errors", 0))
                 self.counts["errors_download"] = n
+                for stat, field in self.SHIPPED_STATS.items():
+                    value = int(self.stats.get_value(stat, 0))
+                    if value:
+                        self.counts[field] = value
             pipe = self.redis.pipeline(transaction=False)
             pushed = {}
             for name, value in self.counts.items():

@@ -5,6 +5,8 @@
   buffered and written in batches (below), always before the release of the lease they belong
   to. Each request is stored with its fingerprint, which the worker that pops it reuses (the
   item keys are made from it).
+  Requests of a scheme other than http(s) (``file:``, ``ftp:``, ``data:``... links of a hostile
+  page) are dropped first, counted in ``crawlsite/blocked_scheme`` and logged (up to a limit).
 * ``next_request``: pops (leases) requests of the crawl's shared queue (:mod:`crawler.queue`),
   up to ``CRAWLSITE_POP_BATCH`` (default 8) per round trip and never more than the downloader has
   free slots for, so that every request popped starts at once (Scrapy's engine keeps asking while
@@ -50,6 +52,8 @@ from . import keys, scripts
 from .connection import get_redis
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
 from .middlewares import Lease, LeaseTracker
+from .netguard import LogLimit, refuse_scheme
+from .netpolicy import scheme_allowed
 from .queue import RequestQueue, request_from_json, request_to_json, return_leases
 
 if TYPE_CHECKING:
@@ -94,6 +98,7 @@ class RedisScheduler(BaseScheduler):
         self.channel = scripts.Channel(redis)
         self._filtered = 0  # duplicates found in the local cache, not yet in the stats
         self._losses_seen = 0  # connection losses of the channel already looked after
+        self._refused_schemes = LogLimit()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisScheduler:
@@ -161,6 +166,9 @@ class RedisScheduler(BaseScheduler):
         return accepted
 
     def _buffer_request(self, request: Request) -> bool:
+        if not scheme_allowed(request.url):  # file:, ftp:, data:...: never queued, counted
+            refuse_scheme(request.url, self.stats, self._refused_schemes)
+            return False
         fp = None
         if not request.dont_filter:
             fp = self.fingerprinter.fingerprint(request)

@@ -9,6 +9,7 @@ from typing import Any
 from scrapy.settings import Settings
 
 from .definition import ALLOWED_SETTINGS
+from .netpolicy import ENV_VAR as ALLOWED_NETWORKS, parse_allowed
 
 CONFIGURABLE_SPIDER = "crawler.spiders.configurable.ConfigurableSpider"
 
@@ -33,6 +34,30 @@ COMPONENTS: dict[str, Any] = {
         "scrapy.extensions.remote_control.RemoteControl": None,
     },
 }
+
+
+HTTP_HANDLER = "crawler.netguard.GuardedHTTPDownloadHandler"
+
+# The network policy (crawler.netpolicy, crawler.netguard), set at the highest priority so that
+# neither a definition nor a deployed project's settings can loosen it: only http(s) has a
+# download handler (Scrapy's file, data, ftp and s3 handlers are off), every connection goes
+# through the guarding resolver, and Scrapy's DNS cache is off (the resolver never caches).
+NETWORK: dict[str, Any] = {
+    "DOWNLOAD_HANDLERS_BASE": {"http": HTTP_HANDLER, "https": HTTP_HANDLER},
+    "DOWNLOAD_HANDLERS": {"http": HTTP_HANDLER, "https": HTTP_HANDLER, "data": None, "file": None, "ftp": None,
+                          "s3": None},
+    "TWISTED_REACTOR_ENABLED": True,
+    "TWISTED_DNS_RESOLVER": "crawler.netguard.GuardedResolver",
+    "DNSCACHE_ENABLED": False,
+}
+
+
+def allowed_networks(environ: dict[str, str] | None = None) -> str:
+    """The worker's ``CRAWLSITE_ALLOWED_NETWORKS``, checked (:class:`crawler.netpolicy.PolicyError`
+    naming the bad entry)."""
+    value = (os.environ if environ is None else environ).get(ALLOWED_NETWORKS, "")
+    parse_allowed(value)
+    return value.strip()
 
 
 def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url: str | None = None,
@@ -60,7 +85,14 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         value = env_seconds(name)
         if value is not None:
             settings.set(name, value, priority="project")
+    for name, value in NETWORK.items():
+        settings.set(name, value, priority="cmdline")
+    settings.set(ALLOWED_NETWORKS, allowed_networks(), priority="cmdline")
     for name, value in (overrides or {}).items():
+        if name in NETWORK:
+            raise ValueError(f"{name} is fixed by the network policy")
+        if name == ALLOWED_NETWORKS:
+            parse_allowed(value)
         settings.set(name, value, priority="cmdline")
     return settings
 

@@ -118,3 +118,16 @@ def check_database_url(name, value):
     if config["ENGINE"].endswith("postgresql") and not config.get("NAME"):
         raise ImproperlyConfigured(f"{name}={value!r} names no database")
     return config
+
+
+def env_allowed_networks():
+    """``CRAWLSITE_ALLOWED_NETWORKS``, the network policy's exceptions (``ADDRESS[/PREFIX][:PORT]``,
+    comma-separated), checked entry by entry (crawler.netpolicy)."""
+    from crawler.netpolicy import PolicyError, parse_allowed
+
+    value = env_str("CRAWLSITE_ALLOWED_NETWORKS")
+    try:
+        parse_allowed(value)
+    except PolicyError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+    return value

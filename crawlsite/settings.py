@@ -4,13 +4,14 @@ The defaults run offline on one machine: SQLite and Redis (the embedded one that
 starts) under var/.
 """
 
-import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from crawlsite.env import (
     check_database_url,
     check_redis_url,
+    env_allowed_networks,
     env_bool,
     env_choice,
     env_float,
@@ -18,6 +19,7 @@ from crawlsite.env import (
     env_list,
     env_str,
 )
+from crawlsite.private_files import create_private_file, make_private_dir, read_or_create_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CRAWLSITE_VAR_DIR", str(BASE_DIR / "var")))
@@ -28,13 +30,7 @@ def _secret_key():
     key = env_str("SECRET_KEY")
     if key:
         return key
-    path = VAR_DIR / "secret-key"
-    if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(50))
-    return path.read_text().strip()
+    return read_or_create_secret(VAR_DIR / "secret-key", lambda: secrets.token_urlsafe(50))
 
 
 def _redis_url():
@@ -64,6 +60,7 @@ INSTALLED_APPS = [
     "channels",
     "django_rq",
     "ninja",  # serves the API docs' Swagger UI from static files, not a CDN
+    "axes",  # login throttling (after the auth apps: it hooks their signals)
     "dashboard",
 ]
 
@@ -78,6 +75,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "dashboard.middleware.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes sees every login (dashboard and admin) through its backend, which must come first.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "crawlsite.urls"
@@ -102,6 +107,9 @@ _database_url = env_str("DATABASE_URL")
 if _database_url:
     DATABASES = {"default": check_database_url("DATABASE_URL", _database_url)}
 else:
+    # Made here, private, before SQLite makes it with the process's umask: its -wal and -shm
+    # files take the database file's mode.
+    create_private_file(make_private_dir(VAR_DIR) / "db.sqlite3")
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -139,8 +147,11 @@ STATIC_ROOT = env_str("STATIC_ROOT") or None  # only for `collectstatic` deploym
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# Security: strict by default, HTTPS-only cookies when served over HTTPS.
+# Security: strict by default, HTTPS-only cookies, HSTS and a redirect when served over HTTPS.
 SECURE_HTTPS = env_bool("SECURE_HTTPS", False)
+# A reverse proxy terminates TLS in front of us: only then is X-Forwarded-Proto believed. Without
+# one, any client could send "X-Forwarded-Proto: https" and pass for a secure request.
+BEHIND_PROXY = env_bool("BEHIND_PROXY", False)
 SESSION_COOKIE_SECURE = SECURE_HTTPS
 CSRF_COOKIE_SECURE = SECURE_HTTPS
 SESSION_COOKIE_HTTPONLY = True
@@ -150,9 +161,24 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-if SECURE_HTTPS:
+if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+if SECURE_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    # Load balancers probe /healthz over plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # One year by default (what browsers' preload lists expect); 0 turns HSTS off.
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+
+# Login throttling (django-axes): LOGIN_FAILURE_LIMIT wrong passwords for one user name from one
+# address lock that pair out for LOGIN_LOCKOUT_MINUTES; a successful login clears the count.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15, minimum=0.1, maximum=7 * 24 * 60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "dashboard.views.login_locked_out"
+AXES_VERBOSE = False
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 2_621_440, minimum=1024)
 
 # Redis: one URL feeds RQ, the channel layer and the crawler.
@@ -178,6 +204,8 @@ CONDUCTOR_TICK = env_float("CONDUCTOR_TICK", 0.25, minimum=0.05, maximum=10)
 CONDUCTOR_LOCK_TTL = env_float("CONDUCTOR_LOCK_TTL", 5.0, minimum=1, maximum=300)
 # A crawl with an empty queue and nothing in flight for this long is finished (seconds).
 CRAWL_IDLE_GRACE = env_float("CRAWL_IDLE_GRACE", 1.5, minimum=0.1, maximum=600)
+# Read by crawl workers (crawler.netpolicy); checked here too, so a bad entry stops startup
+CRAWLSITE_ALLOWED_NETWORKS = env_allowed_networks()
 # RQ job timeout of a crawl worker without a duration limit, and the margin added to one.
 CRAWL_JOB_TIMEOUT = env_int("CRAWL_JOB_TIMEOUT", 7 * 86400, minimum=60)
 CRAWL_JOB_MARGIN = 600

@@ -36,5 +36,10 @@ class ItemAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "user", "created_at", "last_used_at"]
-    readonly_fields = ["digest", "prefix", "created_at", "last_used_at"]
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "expires_at"]
+    list_filter = ["user"]
+    search_fields = ["name", "prefix", "public_id"]
+    readonly_fields = ["public_id", "digest", "prefix", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request):
+        return False  # a token's secret is shown once at creation: the account page, the API or `apitoken`

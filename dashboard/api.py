@@ -1,7 +1,8 @@
 """The JSON API (Django Ninja), with OpenAPI docs at /api/docs.
 
-Browsers use their session (CSRF-checked); scripts send ``Authorization: Bearer TOKEN`` from
-``python manage.py apitoken USERNAME``. Another user's project or crawl answers 404.
+Browsers use their session (CSRF-checked); scripts send ``Authorization: Bearer TOKEN``, a token
+made on the account page, through ``/api/tokens`` or by ``python manage.py apitoken USERNAME``.
+Another user's project, crawl or token answers 404.
 """
 
 from datetime import datetime
@@ -10,24 +11,40 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from ninja import Body, NinjaAPI, Path, Query, Schema, Status
+from ninja.errors import AuthenticationError
 from ninja.security import HttpBearer, django_auth
+from pydantic import StrictInt
 from redis.exceptions import RedisError
 
 from crawler import state
 from crawler.definition import DefinitionError
 from dashboard import engine, live, quotas, xlsx_builds
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
-from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
+from dashboard.models import (
+    ApiToken,
+    Crawl,
+    ExpiredToken,
+    InvalidTransition,
+    Project,
+    TokenError,
+    validate_definition,
+)
 from dashboard.redis import get_redis
 
 
 class BearerToken(HttpBearer):
     def authenticate(self, request, token):
-        user = ApiToken.user_for(token)
-        if user is not None:
-            request.user = user
-        return user
+        try:
+            found = ApiToken.authenticate(token)
+        except ExpiredToken as exc:
+            raise AuthenticationError(401, str(exc)) from None
+        if found is None:
+            raise AuthenticationError(401, "Unknown or revoked API token.")
+        request.user = found.user
+        request.api_token = found
+        return found.user
 
 
 api = NinjaAPI(
@@ -59,7 +76,8 @@ class ProjectOut(Schema):
 
 
 class LaunchIn(Schema):
-    workers: int | None = None
+    # Strict: a JSON integer only, not "3", 3.0 or true (issue 11: numbers are read strictly).
+    workers: StrictInt | None = None
 
 
 class Counters(Schema):
@@ -236,7 +254,7 @@ def get_crawl(request, code: str):
 
 
 class ScaleIn(Schema):
-    workers: int
+    workers: StrictInt
 
 
 def _control(request, code, action):
@@ -371,3 +389,71 @@ def xlsx_file(request, code: str, snapshot: int = Snapshot):
     if build.status == xlsx_builds.MISSING:
         return Status(404, {"detail": build.detail})
     return Status(409, {"detail": f"The file is not ready: {build.status}. {build.detail}"})
+
+
+# --- API tokens (issue 11) --------------------------------------------------------------------
+
+
+class TokenOut(Schema):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    expired: bool
+
+
+class NewTokenOut(TokenOut):
+    token: str
+
+
+class TokenIn(Schema):
+    name: str
+    expires: str = "never"
+
+
+def token_out(token):
+    return {
+        "id": token.public_id,
+        "name": token.name,
+        "prefix": token.prefix,
+        "created_at": token.created_at,
+        "last_used_at": token.last_used_at,
+        "expires_at": token.expires_at,
+        "expired": token.is_expired,
+    }
+
+
+@api.get("/tokens", response=list[TokenOut], tags=["tokens"])
+def list_tokens(request):
+    """Your API tokens (never their secrets), newest first."""
+    return [token_out(t) for t in ApiToken.objects.for_user(request.user)]
+
+
+@api.post("/tokens", response={201: NewTokenOut, 422: ErrorOut}, tags=["tokens"])
+def create_token(request, payload: TokenIn):
+    """Create a token. ``expires``: "never" (default), "<N>d" (days) or "<N>h" (hours).
+    The answer holds the secret ``token``: it is shown this once and stored only as a hash.
+    A token made by a request that used an expiring token cannot outlive that token."""
+    try:
+        expires_in = ApiToken.parse_expiry(payload.expires)
+        parent = getattr(request, "api_token", None)
+        if parent is not None and parent.expires_at is not None:
+            if expires_in is None or timezone.now() + expires_in > parent.expires_at:
+                raise TokenError(
+                    f"This request used a token that expires at {parent.expires_at:%Y-%m-%d %H:%M} UTC; "
+                    "a token it creates must expire no later."
+                )
+        token, secret = ApiToken.create_for(request.user, payload.name, expires_in)
+    except TokenError as exc:
+        return Status(422, {"detail": str(exc)})
+    return Status(201, {**token_out(token), "token": secret})
+
+
+@api.delete("/tokens/{token_id}", response={204: None, 404: ErrorOut}, tags=["tokens"])
+def revoke_token(request, token_id: str):
+    """Revoke one of your tokens at once; scripts using it get 401 from then on."""
+    token = get_object_or_404(ApiToken.objects.for_user(request.user), public_id=token_id)
+    token.delete()
+    return Status(204, None)

@@ -297,6 +297,8 @@ def final_stats(crawl, counters):
     stats["status"] = counters["status"]
     stats["items_stored"] = crawl.items.count()
     stats["workers"] = len(counters["workers"])
+    for name in ("blocked_address", "blocked_scheme"):  # refused by the network policy (crawler.netguard)
+        stats[name] = int(counters["stats"].get(name, 0))
     return stats
 
 

@@ -280,9 +280,11 @@ def _make_exporter(fmt: str, buffer: io.BytesIO, crawl: Crawl, max_id: int):
     if fmt == "xml":
         return XmlExporter(buffer, encoding="utf-8")
     if fmt == "csv":
-        # export_empty_fields: an item missing a field still gets its (empty) cell.
-        return CsvExporter(buffer, encoding="utf-8", fields_to_export=columns(crawl, max_id),
-                           export_empty_fields=True)
+        # export_empty_fields: an item missing a field still gets its (empty) cell. Field names
+        # come from scraped data too (a custom spider's keys): the header row, Scrapy's mapping of
+        # field -> column title, is neutralised like the cells.
+        headers = {name: neutralise_formula(name) for name in columns(crawl, max_id)}
+        return CsvExporter(buffer, encoding="utf-8", fields_to_export=headers, export_empty_fields=True)
     raise ValueError(fmt)
 
 
@@ -337,17 +339,21 @@ def write_xlsx(crawl: Crawl, max_id: int, file) -> None:
                 sheets += 1
                 sheet = workbook.add_worksheet("items" if sheets == 1 else f"items {sheets}")
                 sheet.freeze_panes(1, 0)
-                for col, name in enumerate(names):
-                    sheet.write_string(0, col, name, bold)
+                _write_xlsx_header(sheet, names, bold)
                 row = 1
             for col, name in enumerate(names):
                 _write_xlsx_cell(sheet, row, col, data.get(name))
             row += 1
     if sheet is None:  # no items: still a valid workbook with its header
         sheet = workbook.add_worksheet("items")
-        for col, name in enumerate(names):
-            sheet.write_string(0, col, name, bold)
+        _write_xlsx_header(sheet, names, bold)
     workbook.close()
+
+
+def _write_xlsx_header(sheet, names: list[str], bold) -> None:
+    """Column titles are field names, which scraped data chooses: neutralised like the cells."""
+    for col, name in enumerate(names):
+        sheet.write_string(0, col, neutralise_formula(name)[:XLSX_MAX_CHARS], bold)
 
 
 def _write_xlsx_cell(sheet, row: int, col: int, value: Any) -> None:

@@ -11,7 +11,7 @@ import re
 from django import forms
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
-from dashboard.models import Project, validate_definition
+from dashboard.models import ApiToken, Project, TokenError, validate_definition
 
 FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
 LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
@@ -37,6 +37,40 @@ ERROR_FIELDS = [
     ("workers", "workers"),
 ]
 LINE_FIELDS = {"start_urls", "allowed_domains", "follow_allow", "follow_deny", "fields"}
+
+
+ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def parse_whole_number(text, label, minimum, maximum):
+    """A whole number typed by a user, read strictly: ASCII digits only, nothing around them.
+
+    ``int()`` alone would take "٣" or " 3 ", and Python's ``str.isdigit()`` says yes to "²",
+    which ``int()`` then refuses with an exception. Returns the number or raises ValidationError
+    with a message naming ``label``.
+    """
+    message = f"{label} must be a whole number from {minimum} to {maximum}"
+    text = text if isinstance(text, str) else ""
+    if not ASCII_WHOLE_NUMBER.fullmatch(text):
+        shown = text if len(text) <= 20 else text[:20] + "…"
+        raise forms.ValidationError(f"{message}, not “{shown}”.", code="invalid")
+    number = int(text)
+    if not minimum <= number <= maximum:
+        raise forms.ValidationError(f"{message}, not {number}.", code="out_of_range")
+    return number
+
+
+class StrictIntegerField(forms.IntegerField):
+    """An IntegerField that takes ASCII digits only: no "3.0", "1e3", "٣" or padding spaces."""
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if not isinstance(value, str) or not ASCII_WHOLE_NUMBER.fullmatch(value):
+            raise forms.ValidationError("Enter a whole number using the digits 0-9 only.", code="invalid")
+        return int(value)
 
 
 def _lines(text):
@@ -105,10 +139,10 @@ class ProjectForm(forms.Form):
         label="Never follow links matching", required=False, widget=_textarea(2, "/login"),
         help_text="One regular expression per line.",
     )
-    max_depth = forms.IntegerField(min_value=0, initial=0, help_text="Link depth; 0 = no limit.")
-    max_pages = forms.IntegerField(min_value=0, initial=0, help_text="Pages crawled; 0 = no limit.")
-    max_items = forms.IntegerField(min_value=0, initial=0, help_text="Items stored; 0 = no limit.")
-    max_duration = forms.IntegerField(min_value=0, initial=0, help_text="Seconds; 0 = no limit.")
+    max_depth = StrictIntegerField(min_value=0, initial=0, help_text="Link depth; 0 = no limit.")
+    max_pages = StrictIntegerField(min_value=0, initial=0, help_text="Pages crawled; 0 = no limit.")
+    max_items = StrictIntegerField(min_value=0, initial=0, help_text="Items stored; 0 = no limit.")
+    max_duration = StrictIntegerField(min_value=0, initial=0, help_text="Seconds; 0 = no limit.")
     item_url_pattern = forms.CharField(
         label="Item pages", required=False, help_text="Regular expression of the URLs that hold items; empty = every page."
     )
@@ -129,7 +163,7 @@ class ProjectForm(forms.Form):
         label="Scrapy settings", required=False, widget=_textarea(3, "CONCURRENT_REQUESTS = 16\nDOWNLOAD_DELAY = 0.25"),
         help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ".",
     )
-    workers = forms.IntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
+    workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
 
     @classmethod
     def initial_from(cls, definition):
@@ -190,6 +224,22 @@ class ProjectForm(forms.Form):
                 where = f"{rest[1]}: "
             for message in messages:
                 self.add_error(field, f"{where}{message}")
+
+
+class TokenForm(forms.Form):
+    """A new API token on the account page: a name and an expiry chosen from a short list."""
+
+    name = forms.CharField(max_length=ApiToken.NAME_MAX, help_text="What it is for, e.g. “nightly export script”.")
+    expires = forms.ChoiceField(choices=ApiToken.EXPIRY_CHOICES, initial="90d", label="Expires after")
+
+    def clean_name(self):
+        try:
+            return ApiToken.clean_name(self.cleaned_data["name"])
+        except TokenError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_expires(self):
+        return ApiToken.parse_expiry(self.cleaned_data["expires"])
 
 
 class ProjectAdminForm(forms.ModelForm):

@@ -5,8 +5,11 @@ refuses what DESIGN.md's state diagram forbids.
 """
 
 import hashlib
+import re
 import secrets
 import string
+import unicodedata
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models, transaction
@@ -210,35 +213,140 @@ class Item(models.Model):
         return self.key
 
 
-class ApiToken(models.Model):
-    """A bearer token for scripts. Only its SHA-256 is stored; the token is shown once."""
+class TokenError(ValueError):
+    """A token name or expiry a user asked for is not acceptable; the message says why."""
 
+
+class ExpiredToken(Exception):
+    """The bearer token exists but its expiry has passed."""
+
+    def __init__(self, token):
+        self.token = token
+        super().__init__(
+            f"This API token ({token.prefix}…, “{token.name}”) expired at "
+            f"{token.expires_at:%Y-%m-%d %H:%M} UTC; create a new one on your account page."
+        )
+
+
+def new_token_id():
+    return "tok_" + new_code(12)
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(user=user)
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts. Only its SHA-256 is stored; the token is shown once.
+
+    Users list, create and revoke their own tokens (account page, /api/tokens); a token may
+    expire; changing the password revokes every token of the user (see ``dashboard.signals``).
+    """
+
+    NAME_MAX = 100
+    MAX_PER_USER = 100
+    # Offered on the account page; the API and the command take any "<N>d" / "<N>h" in range.
+    EXPIRY_CHOICES = [("never", "Never"), ("1d", "1 day"), ("7d", "7 days"), ("30d", "30 days"),
+                      ("90d", "90 days"), ("365d", "1 year")]
+    EXPIRY_MAX = timedelta(days=3650)
+    _EXPIRY = re.compile(r"([0-9]{1,5})([dh])")
+
+    public_id = models.CharField(max_length=20, unique=True, default=new_token_id, editable=False,
+                                 help_text="Public identity in URLs and the API (never the database id).")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=NAME_MAX, help_text="What the token is for, e.g. the script using it.")
     digest = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=8, help_text="First characters, to tell tokens apart.")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Refused from then on; empty = never.")
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
 
     def __str__(self):
-        return f"{self.user} · {self.prefix}…"
+        return f"{self.user} · {self.name} · {self.prefix}…"
+
+    @property
+    def is_expired(self):
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     @staticmethod
     def hash(token):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user):
-        token = "cs_" + secrets.token_urlsafe(32)
-        cls.objects.create(user=user, digest=cls.hash(token), prefix=token[:8])
-        return token
+    def clean_name(cls, name):
+        if not isinstance(name, str) or not name.strip():
+            raise TokenError("Give the token a name, e.g. the script that will use it.")
+        name = name.strip()
+        if len(name) > cls.NAME_MAX:
+            raise TokenError(f"The name is {len(name)} characters long; at most {cls.NAME_MAX} are allowed.")
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+            raise TokenError("The name may not contain control characters or line breaks.")
+        return name
 
     @classmethod
-    def user_for(cls, token):
+    def parse_expiry(cls, text):
+        """"never" (or empty) -> None; "<N>d" days or "<N>h" hours -> a timedelta, up to 10 years."""
+        if text is None or text in ("", "never"):
+            return None
+        match = cls._EXPIRY.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise TokenError(
+                f"Unknown expiry {str(text)[:40]!r}: use \"never\", a number of days like \"30d\" or of hours like \"12h\"."
+            )
+        number, unit = int(match.group(1)), match.group(2)
+        delta = timedelta(days=number) if unit == "d" else timedelta(hours=number)
+        if not timedelta(hours=1) <= delta <= cls.EXPIRY_MAX:
+            raise TokenError("The expiry must be between 1 hour and 3650 days.")
+        return delta
+
+    @classmethod
+    def issue(cls, user, name="API token", expires_in=None):
+        """Create a token and return its secret only (see :meth:`create_for` for the row too)."""
+        return cls.create_for(user, name, expires_in)[1]
+
+    @classmethod
+    def create_for(cls, user, name, expires_in=None):
+        """A new token for ``user``: returns the row and the secret, which is never stored."""
+        name = cls.clean_name(name)
+        if cls.objects.for_user(user).count() >= cls.MAX_PER_USER:
+            raise TokenError(f"You have {cls.MAX_PER_USER} tokens already; revoke some first.")
+        token = "cs_" + secrets.token_urlsafe(32)
+        expires_at = timezone.now() + expires_in if expires_in else None
+        row = cls.objects.create(user=user, name=name, digest=cls.hash(token), prefix=token[:8], expires_at=expires_at)
+        return row, token
+
+    @classmethod
+    def authenticate(cls, token):
+        """The token row for ``token``, or None if unknown, revoked or its user inactive;
+        raises ExpiredToken for a known token past its expiry. Records the use."""
+        if not isinstance(token, str) or not token:
+            return None
         found = cls.objects.select_related("user").filter(digest=cls.hash(token), user__is_active=True).first()
         if found is None:
             return None
+        if found.is_expired:
+            raise ExpiredToken(found)
         cls.objects.filter(pk=found.pk).update(last_used_at=timezone.now())
-        return found.user
+        return found
+
+    @classmethod
+    def user_for(cls, token):
+        """The active user of a valid token, or None (unknown, revoked or expired)."""
+        try:
+            found = cls.authenticate(token)
+        except ExpiredToken:
+            return None
+        return found.user if found else None
+
+    @classmethod
+    def revoke_all(cls, user):
+        return cls.objects.for_user(user).delete()[0]
 
 
 def validate_definition(data):

@@ -24,4 +24,7 @@ urlpatterns = [
     path("crawls/<str:code>/xlsx/<int:snapshot>/status", views.crawl_xlsx_status, name="crawl-xlsx-status"),
     path("crawls/<str:code>/xlsx/<int:snapshot>/file", views.crawl_xlsx_file, name="crawl-xlsx-file"),
     path("projects/<int:pk>/export", views.project_export, name="project-export"),
+    path("account/", views.account, name="account"),
+    path("account/tokens/new", views.account_token_create, name="account-token-create"),
+    path("account/tokens/<str:token_id>/revoke", views.account_token_revoke, name="account-token-revoke"),
 ]

@@ -1,16 +1,23 @@
+import math
+
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from crawler.definition import MAX_WORKERS
 from dashboard import engine, exports, live, quotas, xlsx_builds
 from dashboard import items as item_queries
-from dashboard.forms import ProjectForm
+from dashboard.forms import ASCII_WHOLE_NUMBER, ProjectForm, TokenForm, parse_whole_number
 from dashboard.health import health
-from dashboard.models import Crawl, InvalidTransition, Project
+from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError
 
 
 def _get_project_for_user(request, pk):
@@ -93,12 +100,14 @@ def project_delete(request, pk):
 @require_POST
 def project_launch(request, pk):
     project = _get_project_for_user(request, pk)
-    workers = request.POST.get("workers", "").strip()
-    if workers and not workers.isdigit():
-        messages.error(request, f"Workers must be a whole number from 1 to 64, not “{workers}”.")
+    workers = request.POST.get("workers", "")
+    try:
+        workers = parse_whole_number(workers, "Workers", 1, MAX_WORKERS) if workers else None
+    except ValidationError as exc:
+        messages.error(request, exc.message)
         return redirect(project)
     try:
-        crawl = engine.launch(project, workers=int(workers) if workers else None)
+        crawl = engine.launch(project, workers=workers)
     except (engine.LaunchError, quotas.QuotaExceeded) as exc:
         messages.error(request, str(exc))
         return redirect(project)
@@ -114,10 +123,11 @@ def crawl_control(request, code, action):
     crawl = _get_crawl_for_user(request, code)
     try:
         if action == "scale":
-            workers = request.POST.get("workers", "").strip()
-            if not workers.isdigit():
-                raise engine.LaunchError(f"Workers must be a whole number from 1 to 64, not “{workers}”.")
-            engine.scale(crawl, int(workers))
+            try:
+                workers = parse_whole_number(request.POST.get("workers", ""), "Workers", 1, MAX_WORKERS)
+            except ValidationError as exc:
+                raise engine.LaunchError(exc.message) from None
+            engine.scale(crawl, workers)
         else:
             engine.control(crawl, action)
     except (InvalidTransition, engine.LaunchError, quotas.QuotaExceeded) as exc:
@@ -150,12 +160,29 @@ def crawl_detail(request, code):
 @never_cache
 @require_GET
 def healthz(request):
-    """Liveness of every component for monitors: booleans and counts only, no secrets."""
+    """Liveness of every component for monitors and load balancers. Anyone may ask, so it answers
+    booleans and counts only: no versions, vendors or error texts."""
     report = health()
-    for part in report.values():
-        if isinstance(part, dict):
-            part.pop("error", None)
-    return JsonResponse(report, status=200 if report["ok"] else 503)
+    public = {
+        name: {key: value for key, value in part.items() if key in ("ok", "count")}
+        for name, part in report.items() if isinstance(part, dict)
+    }
+    public["ok"] = report["ok"]
+    return JsonResponse(public, status=200 if report["ok"] else 503)
+
+
+@login_not_required
+def login_locked_out(request, response=None, credentials=None):
+    """django-axes' answer to a login from a locked-out user name and address (dashboard or admin)."""
+    from axes.helpers import get_client_username, get_cool_off
+
+    cool_off = get_cool_off(request)
+    context = {
+        "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "username": get_client_username(request, credentials) or "",
+        "minutes": max(1, math.ceil(cool_off.total_seconds() / 60)) if cool_off else 0,
+    }
+    return render(request, "registration/locked_out.html", context, status=429)
 
 
 @login_not_required
@@ -174,7 +201,7 @@ def server_error(request):
 def _cursor(request, name):
     """An ``?after=`` / ``?before=`` cursor: a positive item id, or None when absent or malformed."""
     value = request.GET.get(name, "")
-    return int(value) if value.isdigit() and len(value) < 19 else None
+    return int(value) if ASCII_WHOLE_NUMBER.fullmatch(value) else None
 
 
 @require_GET
@@ -255,3 +282,53 @@ def project_export(request, pk):
     if crawl is None:
         return JsonResponse({"detail": f"Project {project.name!r} has no finished crawl yet."}, status=404)
     return _export(crawl, request.GET.get("format", "jsonl"))
+
+
+# --- Account: API tokens (issue 11) -------------------------------------------------------------
+
+
+def _account_page(request, form, new_token=None, secret=None):
+    tokens = ApiToken.objects.for_user(request.user)
+    context = {"form": form, "tokens": tokens, "new_token": new_token, "secret": secret,
+               "max_tokens": ApiToken.MAX_PER_USER}
+    return render(request, "dashboard/account.html", context)
+
+
+@never_cache
+@require_GET
+def account(request):
+    return _account_page(request, TokenForm())
+
+
+@never_cache
+@require_POST
+def account_token_create(request):
+    """Create a token and show its secret on this one answer (never stored, never redirected)."""
+    form = TokenForm(request.POST)
+    if form.is_valid():
+        try:
+            token, secret = ApiToken.create_for(request.user, form.cleaned_data["name"], form.cleaned_data["expires"])
+        except TokenError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return _account_page(request, TokenForm(), new_token=token, secret=secret)
+    return _account_page(request, form)
+
+
+@require_POST
+def account_token_revoke(request, token_id):
+    token = get_object_or_404(ApiToken.objects.for_user(request.user), public_id=token_id)
+    token.delete()
+    messages.success(request, f"Token “{token.name}” ({token.prefix}…) revoked: it no longer works.")
+    return redirect("dashboard:account")
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change, back to the account page; the change revokes every API token."""
+
+    success_url = reverse_lazy("dashboard:account")
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        messages.success(self.request, "Password changed. Your API tokens were revoked: create new ones below.")
+        return response

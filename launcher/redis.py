@@ -4,7 +4,6 @@
 queues); the test suite and the benchmarks start throwaway ones on free ports.
 """
 
-import os
 import socket
 import subprocess
 import time
@@ -120,12 +119,8 @@ class EmbeddedRedis:
 
 def ensure_password_file(path):
     """A random password for the embedded Redis, made once and kept private (0600)."""
-    path = Path(path)
-    if not path.exists():
-        import secrets
+    import secrets
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(16))
-    return path.read_text().strip()
+    from crawlsite.private_files import read_or_create_secret
+
+    return read_or_create_secret(path, lambda: secrets.token_hex(16))

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from crawlsite.private_files import make_tree_private
 from launcher.redis import EmbeddedRedis, ensure_password_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -45,7 +46,9 @@ def load_dotenv(path):
 def read_config():
     from django.core.exceptions import ImproperlyConfigured
 
-    from crawlsite.env import check_database_url, check_redis_url, env_int, env_str
+    from crawlsite.env import (
+        check_database_url, check_redis_url, env_allowed_networks, env_bool, env_int, env_str,
+    )
 
     try:
         config = {
@@ -54,6 +57,9 @@ def read_config():
             "workers": env_int("WORKERS", 2, minimum=0, maximum=64),
             "demo_port": env_int("DEMO_PORT", 0, minimum=0, maximum=65535),
             "redis_url": env_str("REDIS_URL"),
+            "behind_proxy": env_bool("BEHIND_PROXY", False),
+            "forwarded_allow_ips": check_forwarded_allow_ips(env_str("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")),
+            "allowed_networks": env_allowed_networks(),
         }
         if config["redis_url"]:
             check_redis_url("REDIS_URL", config["redis_url"])
@@ -64,6 +70,33 @@ def read_config():
     if not config["demo_port"]:
         config["demo_port"] = config["port"] + 1 if config["port"] < 65535 else config["port"] - 1
     return config
+
+
+def check_forwarded_allow_ips(value):
+    """FORWARDED_ALLOW_IPS: the proxies whose X-Forwarded-* headers uvicorn believes (addresses or
+    networks, comma-separated, or * for any). Checked here so a typo stops startup."""
+    import ipaddress
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    for entry in value.split(","):
+        entry = entry.strip()
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"FORWARDED_ALLOW_IPS={value!r}: {entry!r} is not an IP address or network"
+            ) from None
+    return value
+
+
+def web_proxy_flags(config):
+    """uvicorn's flags for X-Forwarded-Proto/-For. uvicorn believes them by default from
+    127.0.0.1, so without a proxy anyone on this machine could pose as an HTTPS client or as
+    another address (and dodge the login throttle): only BEHIND_PROXY=1 turns them on."""
+    return "--proxy-headers" if config["behind_proxy"] else "--no-proxy-headers"
 
 
 def check_redis(url):
@@ -136,6 +169,9 @@ def stop_descendants(timeout=10.0):
 
 
 def main():
+    # Everything this process and its children create (database, Redis files, secrets, logs) is
+    # readable by this account only.
+    os.umask(0o077)
     os.chdir(BASE_DIR)
     load_dotenv(BASE_DIR / ".env")
     var_dir = Path(os.environ.get("CRAWLSITE_VAR_DIR") or BASE_DIR / "var")
@@ -154,6 +190,9 @@ def main():
     url_file = var_dir / "redis.url"
     try:
         config = read_config()
+        fixed = make_tree_private(var_dir)
+        if fixed:
+            print(f"Made {len(fixed)} file(s) under {var_dir} private to this account (0600 files, 0700 folders).")
         check_port_free(config["host"], config["port"], "PORT")
         check_port_free("127.0.0.1", config["demo_port"], "DEMO_PORT")
         if config["redis_url"]:
@@ -175,6 +214,11 @@ def main():
             DEMO_PORT=str(config["demo_port"]),
             RQ_REDIS_URL=redis_url,
             PYTHONUNBUFFERED="1",
+            WEB_PROXY_FLAGS=web_proxy_flags(config),
+            FORWARDED_ALLOW_IPS=config["forwarded_allow_ips"],
+            # Crawls refuse loopback addresses: open the demo site's port, and only that, unless the
+            # user chose the exceptions (the dashboard and Redis stay out of reach either way).
+            CRAWLSITE_ALLOWED_NETWORKS=config["allowed_networks"] or f"127.0.0.1:{config['demo_port']}",
         )
         # Server processes are started by path from the venv that runs this launcher.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -7,6 +7,10 @@ from dashboard.redis import get_redis
 def pytest_configure(config):
     # Fast hashing in tests; production keeps Django's default.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Crawls reach the demo sites tests start, and nothing else on loopback (tests/servers.py).
+    from tests.servers import allow_test_sites
+
+    allow_test_sites()
 
 
 @pytest.fixture(autouse=True)

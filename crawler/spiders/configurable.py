@@ -11,6 +11,7 @@ from scrapy.http import TextResponse
 from scrapy.linkextractors import LinkExtractor
 
 from ..definition import host_allowed, is_xpath
+from ..netpolicy import scheme_allowed
 from .base import RedisSpider
 
 
@@ -51,7 +52,9 @@ class ConfigurableSpider(RedisSpider):
         if self.fields and (self.item_url_re is None or self.item_url_re.search(response.url)):
             yield from self.extract_items(response)
         for link in self.link_extractor.extract_links(response):
-            if self.domains and not host_allowed(urlsplit(link.url).hostname or "", self.domains):
+            # a link of another scheme (file:, ftp:) goes on to the scheduler, which drops and counts it
+            if self.domains and scheme_allowed(link.url) and not host_allowed(urlsplit(link.url).hostname or "",
+                                                                              self.domains):
                 continue
             yield scrapy.Request(link.url, callback=self.parse)
 

@@ -48,6 +48,10 @@ HTTP_TABLE = [
     ("GET", "/crawls/{crawl}/xlsx/{snapshot}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/xlsx/{snapshot}/status", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/xlsx/{snapshot}/file", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/accounts/password/", LOGIN, OK, OK, OK),
+    ("GET", "/account/", LOGIN, OK, OK, OK),
+    ("POST", "/account/tokens/new", LOGIN, OK, OK, OK),
+    ("POST", "/account/tokens/{token}/revoke", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/admin/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/rq/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/api/docs", LOGIN, OK, OK, OK),
@@ -70,6 +74,9 @@ HTTP_TABLE = [
     ("GET", "/api/crawls/{crawl}/export?format=xlsx", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}/file", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/tokens", UNAUTHORIZED, OK, OK, OK),
+    ("POST", "/api/tokens", UNAUTHORIZED, 201, 201, 201),
+    ("DELETE", "/api/tokens/{token}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
 ]
 ROLES = ("anonymous", "outsider", "owner", "staff")
 
@@ -87,10 +94,11 @@ def world(db, owner, outsider, staff):
     staff.is_superuser = True
     staff.save()
     xlsx_builds.build(crawl.code, item.pk)  # a ready Excel file of the crawl's items
+    token, _secret = ApiToken.create_for(owner, "owner's script")
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
         "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key,
-                "snapshot": item.pk},
+                "snapshot": item.pk, "token": token.public_id},
     }
 
 
@@ -109,10 +117,14 @@ def request(role, method, path, world):
             content_type = "application/json"
             if path.endswith("/scale"):
                 body = json.dumps({"workers": 1})
+            elif path == "/api/tokens":
+                body = json.dumps({"name": f"Made by {role}", "expires": "30d"})
             elif path == "/api/projects" or method == "PUT":
                 body = json.dumps(definition(f"Made by {role}"))
             else:
                 body = "{}"
+        elif path == "/account/tokens/new":
+            body = {"name": f"Made by {role}", "expires": "never"}
         else:
             body = {"workers": "1"}
     call = getattr(client, method.lower())
@@ -175,7 +187,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|item|snapshot)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|item|snapshot|token)\}", "{}", path)
     for action in ("pause", "resume", "stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path

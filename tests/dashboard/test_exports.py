@@ -253,6 +253,25 @@ def test_custom_spider_export_has_a_column_for_every_key_seen(owner_client, owne
     assert rows[2][3] == "'=cmd" and rows[2][7] == 0.5
 
 
+def test_header_row_is_neutralised_like_the_cells(owner_client, owner):
+    """A custom spider's key names become column titles: a key that a spreadsheet would run as a
+    formula gets the same leading ' in the CSV and Excel header as a value would."""
+    project = make_project(owner, "Keys", {"name": "Keys", "spider": "shop.spiders.Shop", "item": {"fields": []}})
+    crawl = make_crawl(project)
+    keys = ["=HYPERLINK(\"http://evil\")", "+1", "-2", "@SUM(A1)", "\tx", "plain"]
+    add_items(crawl, [{"url": "https://s/1", **{key: "v" for key in keys}}])
+
+    _, body = download(owner_client, crawl, "csv")
+    header, row = list(csv.reader(io.StringIO(body.decode(), newline="")))
+    assert sorted(header) == sorted(["url", *(neutralised(k) for k in keys)])
+    assert not [title for title in header if title[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert row == ["https://s/1"] + ["v"] * len(keys)
+
+    _, body = download(owner_client, crawl, "xlsx")
+    [rows] = read_xlsx(body)
+    assert rows[0] == header
+
+
 def test_xml_element_names_are_made_valid(owner_client, owner):
     project = make_project(owner, "Odd keys", {"name": "Odd keys", "spider": "a.b.C"})
     crawl = make_crawl(project)

@@ -15,10 +15,20 @@ def test_healthz_is_public_json_and_reports_each_component(client, redis_client)
     assert response["Content-Type"] == "application/json"
     body = response.json()
     assert body["database"]["ok"] is True
-    assert body["redis"]["ok"] is True and body["redis"]["version"]
+    assert body["redis"] == {"ok": True}
     assert body["workers"] == {"ok": False, "count": 0}
     assert body["conductor"]["ok"] is False
     assert body["ok"] is False and response.status_code == 503
+
+
+def test_healthz_shows_booleans_and_counts_only(client, redis_client):
+    """No software version, database vendor or error text reaches an anonymous caller."""
+    body = client.get("/healthz").json()
+    assert set(body) == {"ok", "database", "redis", "workers", "conductor"}
+    for name in ("database", "redis", "workers", "conductor"):
+        assert set(body[name]) <= {"ok", "count"}, body[name]
+        assert all(isinstance(v, (bool, int)) for v in body[name].values())
+    assert redis_client.info("server")["redis_version"] not in client.get("/healthz").content.decode()
 
 
 def test_healthz_reports_a_live_conductor(client, redis_client):
@@ -95,6 +105,43 @@ def test_ensureadmin_uses_admin_password_from_environment(monkeypatch, capsys, d
     call_command("ensureadmin")
     assert "from-the-env-42" not in capsys.readouterr().out
     assert django_user_model.objects.get(username="admin").check_password("from-the-env-42")
+
+
+@pytest.mark.parametrize("existing", [{}, {"is_staff": True}, {"is_superuser": True, "is_active": False}])
+def test_ensureadmin_never_promotes_an_existing_account(monkeypatch, django_user_model, existing):
+    """An ordinary account that happens to be named ADMIN_USERNAME keeps its rights and password."""
+    from django.core.management import CommandError
+
+    monkeypatch.setenv("ADMIN_PASSWORD", "from-the-env-42")
+    user = django_user_model.objects.create_user("admin", password="users-own-pass-1", **existing)
+    before = django_user_model.objects.values().get(pk=user.pk)
+    with pytest.raises(CommandError, match="'admin' already exists and is not an active superuser"):
+        call_command("ensureadmin")
+    assert django_user_model.objects.values().get(pk=user.pk) == before
+    assert django_user_model.objects.count() == 1
+
+
+def test_ensureadmin_refusal_exits_non_zero_from_the_shell(tmp_path):
+    """As `make run` calls it: a clear line on stderr and exit code 1, nothing changed."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "CRAWLSITE_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "crawlsite.settings",
+           "REDIS_URL": "redis://127.0.0.1:1/0"}
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    manage = [sys.executable, str(root / "manage.py")]
+    subprocess.run(manage + ["migrate", "-v", "0"], env=env, check=True, capture_output=True)
+    subprocess.run(manage + ["shell", "-c", "from django.contrib.auth.models import User; "
+                             "User.objects.create_user('admin', password='x-pass-123')"], env=env, check=True)
+    result = subprocess.run(manage + ["ensureadmin"], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "already exists and is not an active superuser" in result.stderr
+    check = subprocess.run(manage + ["shell", "-c", "from django.contrib.auth.models import User; "
+                                     "print(User.objects.filter(is_superuser=True).count())"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.strip().splitlines()[-1] == "0"
 
 
 def test_conductor_survives_a_database_error(redis_client, monkeypatch):

@@ -84,7 +84,8 @@ def test_cookies_are_secure_behind_https(tmp_path):
         "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SESSION_COOKIE_HTTPONLY,"
         " s.SECURE_PROXY_SSL_HEADER, s.SECURE_HSTS_SECONDS, s.SESSION_COOKIE_SAMESITE)"
     )
-    env = {"PATH": "/usr/bin:/bin", "SECURE_HTTPS": "1", "SECURE_HSTS_SECONDS": "3600", "CRAWLSITE_VAR_DIR": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "SECURE_HTTPS": "1", "SECURE_HSTS_SECONDS": "3600", "BEHIND_PROXY": "1",
+           "CRAWLSITE_VAR_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True", "True", "('HTTP_X_FORWARDED_PROTO',", "'https')", "3600", "Lax"]
 

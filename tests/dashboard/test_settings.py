@@ -21,6 +21,14 @@ def test_env_int_rejects_bad_values_naming_the_variable(monkeypatch, name, value
         env.env_int(name, 8000, minimum=1, maximum=65535)
 
 
+def test_allowed_networks_are_checked_entry_by_entry(monkeypatch):
+    monkeypatch.setenv("CRAWLSITE_ALLOWED_NETWORKS", " 127.0.0.1:8001, [::1]:8001 ")
+    assert env.env_allowed_networks() == "127.0.0.1:8001, [::1]:8001"
+    monkeypatch.setenv("CRAWLSITE_ALLOWED_NETWORKS", "127.0.0.1:8001,[::1]:99999")
+    with pytest.raises(ImproperlyConfigured, match=r"^CRAWLSITE_ALLOWED_NETWORKS: entry '\[::1\]:99999': the port"):
+        env.env_allowed_networks()
+
+
 def test_env_int_default_when_unset(monkeypatch):
     monkeypatch.delenv("PORT", raising=False)
     assert env.env_int("PORT", 8000) == 8000
@@ -76,6 +84,8 @@ def test_database_url_rejects_what_it_cannot_use(url):
         ("REDIS_URL", "localhost:6379", "Configuration error: REDIS_URL='localhost:6379' must start with"),
         ("CONDUCTOR_TICK", "fast", "Configuration error: CONDUCTOR_TICK='fast' is not a number"),
         ("LOG_LEVEL", "LOUD", "Configuration error: LOG_LEVEL='LOUD' must be one of"),
+        ("CRAWLSITE_ALLOWED_NETWORKS", "10.0.0.0/8,10.0.0.1/8",
+         "Configuration error: CRAWLSITE_ALLOWED_NETWORKS: entry '10.0.0.1/8' is not a valid address or network"),
     ],
 )
 def test_manage_py_stops_with_one_line_on_a_bad_setting(variable, value, line, tmp_path):

@@ -16,6 +16,7 @@ from dashboard.conductor import Conductor
 from dashboard.models import Crawl, Project
 from dashboard.redis import get_redis
 from tests.dashboard.test_engine import start_rq_workers
+from tests.servers import allow_crawling, disallow_crawling
 
 PAYLOADS = [
     "<script>window.__pwned = 'script'</script>",
@@ -63,7 +64,9 @@ class HostileHandler(BaseHTTPRequestHandler):
 def hostile_site():
     server = ThreadingHTTPServer(("127.0.0.1", 0), HostileHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    allow_crawling("127.0.0.1", server.server_port)  # crawls refuse loopback unless opened
     yield f"http://127.0.0.1:{server.server_port}"
+    disallow_crawling("127.0.0.1", server.server_port)
     server.shutdown()
 
 

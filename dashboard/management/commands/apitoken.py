@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from dashboard.models import ApiToken
+from dashboard.models import ApiToken, TokenError
 
 
 class Command(BaseCommand):
@@ -9,11 +9,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("username")
+        parser.add_argument("--name", default="manage.py apitoken", help="What the token is for.")
+        parser.add_argument("--expires", default="never",
+                            help='"never" (default), a number of days like "30d" or of hours like "12h".')
 
-    def handle(self, username, **options):
+    def handle(self, username, name, expires, **options):
         user = get_user_model().objects.filter(username=username, is_active=True).first()
         if user is None:
             raise CommandError(f"No active user named {username!r}")
-        token = ApiToken.issue(user)
-        self.stdout.write(token)
-        self.stderr.write(f"Use it as: Authorization: Bearer {token[:8]}... (shown once; keep it secret)")
+        try:
+            token, secret = ApiToken.create_for(user, name, ApiToken.parse_expiry(expires))
+        except TokenError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(secret)
+        until = f", expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else ""
+        self.stderr.write(f"Token “{token.name}” ({token.public_id}{until}). Use it as: "
+                          f"Authorization: Bearer {secret[:8]}... (shown once; keep it secret)")

@@ -1,7 +1,8 @@
 import secrets
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError, transaction
 
 from crawlsite.env import env_str
 
@@ -22,10 +23,19 @@ class Command(BaseCommand):
         username = env_str("ADMIN_USERNAME", "admin")
         given = env_str("ADMIN_PASSWORD")
         password = given or secrets.token_urlsafe(12)
-        user, _ = User.objects.get_or_create(username=username)
-        user.is_staff = user.is_superuser = user.is_active = True
-        user.set_password(password)
-        user.save()
+        # Never promote an account someone else may hold: only a new one becomes the superuser.
+        refusal = (
+            f"An account named {username!r} already exists and is not an active superuser; "
+            "ensureadmin never promotes or changes an existing account. Set ADMIN_USERNAME to a new "
+            "name, or promote that account yourself if it is yours (python manage.py shell)."
+        )
+        if User.objects.filter(username=username).exists():
+            raise CommandError(refusal)
+        try:
+            with transaction.atomic():
+                User.objects.create_superuser(username=username, password=password)
+        except IntegrityError:  # created by someone else between the check and here
+            raise CommandError(refusal) from None
         shown = "(from ADMIN_PASSWORD)" if given else password
         self.stdout.write(self.style.SUCCESS(
             f"Created the admin account. Log in with username: {username}  password: {shown}"
