@@ -2,7 +2,8 @@
 
 * :class:`WorkerStats` - every ``CRAWLSITE_STATS_INTERVAL`` (0.25 s) in one round trip: writes this
   worker's state JSON to ``workers``, refreshes ``hb:WORKER`` (TTL ``CRAWLSITE_HEARTBEAT_TTL``,
-  10 s), adds this worker's new counts to the crawl-wide ``stats`` (pages, errors, status:NNN).
+  10 s), adds this worker's new counts to the crawl-wide ``stats`` (pages, errors, status:NNN,
+  items_too_large).
 * :class:`Control` - every ``CRAWLSITE_CONTROL_INTERVAL`` (0.25 s) reads ``control`` and applies it:
   ``run`` (unpause), ``pause`` (``engine.pause()``: downloads in flight finish, nothing new starts;
   state ``pausing`` until nothing is in flight, then ``paused``), ``stop`` (pause, let in-flight
@@ -32,6 +33,7 @@ from twisted.internet import task
 from . import keys
 from .connection import get_redis
 from .queue import LEASE_META
+from .state import ITEMS_TOO_LARGE
 
 if TYPE_CHECKING:
     import redis
@@ -272,6 +274,10 @@ class WorkerStats:
             if self.stats is not None:  # download errors counted by the lease middleware
                 n = int(self.stats.get_value("crawlsite/download_errors", 0))
                 self.counts["errors_download"] = n
+                # items dropped by the item pipeline for their size
+                too_large = int(self.stats.get_value(f"crawlsite/{ITEMS_TOO_LARGE}", 0))
+                if too_large:
+                    self.counts[ITEMS_TOO_LARGE] = too_large
             pipe = self.redis.pipeline(transaction=False)
             pushed = {}
             for name, value in self.counts.items():

@@ -7,6 +7,7 @@ Browsers use their session (CSRF-checked); scripts send ``Authorization: Bearer 
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
@@ -163,9 +164,26 @@ def _save(project, definition):
     return None
 
 
+class SpidersOut(Schema):
+    spiders: list[str]
+
+
+@api.get("/spiders", response=SpidersOut, tags=["projects"])
+def list_spiders(request):
+    """Names of the custom spiders the operator installed: the values a definition's ``spider``
+    may take (empty: the built-in spider driven by ``item``)."""
+    return {"spiders": sorted(settings.CRAWLSITE_SPIDERS)}
+
+
 @api.post("/projects", response={201: ProjectOut, 409: ErrorOut, 422: ValidationOut}, tags=["projects"])
 def create_project(request, payload: dict[str, Any] = Body(...)):
-    """Create a project from a crawl definition (see docs/crawler.md for its fields)."""
+    """Create a project from a crawl definition (see docs/crawler.md for its fields).
+
+    ``spider`` is empty (the built-in spider, driven by ``item``) or the name of a custom spider
+    from ``GET /api/spiders``; any other value, a dotted path included, answers 422 and nothing
+    is imported. Regexes (``follow.allow``, ``follow.deny``, ``item.url_pattern``) must compile
+    with RE2: no lookaround, no backreferences. String settings and ``name`` refuse control
+    characters."""
     definition, error = _validated(payload)
     if error:
         return error

@@ -82,14 +82,22 @@ def test_valid_css_and_xpath_selectors_pass():
 
 def test_fields_required_without_a_custom_spider():
     assert "item.fields" in errors_of(good(item={"fields": []}))
-    d = validate(good(item={"fields": []}, spider="scrapy.Spider"))
-    assert d["spider"] == "scrapy.Spider"
+    d = validate(good(item={"fields": []}, spider="shop"), spiders={"shop": "x.y.Shop"})
+    assert d["spider"] == "shop"
 
 
-def test_spider_must_import_and_be_a_spider():
-    assert "No module named" in errors_of(good(spider="nosuch.module.Spider"))["spider"][0]
-    assert "not a scrapy.Spider" in errors_of(good(spider="json.JSONDecoder"))["spider"][0]
-    assert "dotted" in errors_of(good(spider="not a path"))["spider"][0]
+def test_spider_must_be_an_installed_name():
+    installed = {"shop": "x.y.Shop", "news": "x.y.News"}
+    message = errors_of_with(good(spider="nosuch.module.Spider"), installed)["spider"][0]
+    assert "by name" in message and "Available: news, shop" in message
+    assert "Unknown spider 'blog'" in errors_of_with(good(spider="blog"), installed)["spider"][0]
+    assert "none" in errors_of(good(spider="shop"))["spider"][0]  # nothing installed
+
+
+def errors_of_with(data, spiders):
+    with pytest.raises(DefinitionError) as exc:
+        validate(data, spiders=spiders)
+    return exc.value.errors
 
 
 def test_settings_whitelist_types_and_ranges():
