@@ -68,6 +68,7 @@ class Counters(Schema):
     pages: int = 0
     items: int = 0
     errors: int = 0
+    items_too_large: int = 0  # items dropped by workers for being over CRAWLSITE_MAX_ITEM_BYTES
     in_flight: int = 0
 
 
@@ -102,7 +103,7 @@ def project_out(project):
     }
 
 
-COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "in_flight")
+COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")
 
 
 def crawl_numbers(crawl):
@@ -113,7 +114,7 @@ def crawl_numbers(crawl):
         try:
             redis = get_redis()
             now = state.read_counters(redis, crawl.code)
-            counters = {name: now[name] for name in COUNTER_NAMES}
+            counters = {name: now.get(name, 0) for name in COUNTER_NAMES}
             rates = live.rates(crawl.code, redis)  # measured by the conductor over a short window
         except RedisError:
             pass  # Redis away for a moment: the recorded numbers are the best we have

@@ -291,3 +291,19 @@ def test_control_characters_are_a_form_error(owner_client):
 def test_a_plain_user_agent_is_kept(client, auth):
     response = post_json(client, "/api/projects", definition(settings={"USER_AGENT": "Crawlsite/1.0 (+https://x.test/bot)"}), **auth)
     assert response.status_code == 201
+
+
+@pytest.mark.django_db
+def test_items_too_large_show_next_to_errors_in_the_api_and_the_page(owner_client, owner, auth, client):
+    from crawler import keys
+    from crawler.state import ITEMS_TOO_LARGE
+    from dashboard.models import Crawl
+    from dashboard.redis import get_redis
+
+    project = project_for(owner)
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING)
+    get_redis().hset(keys.stats(crawl.code), mapping={ITEMS_TOO_LARGE: 3, "errors": 1})
+    counters = client.get(f"/api/crawls/{crawl.code}", **auth).json()["counters"]
+    assert counters["items_too_large"] == 3 and counters["errors"] == 1
+    page = owner_client.get(crawl.get_absolute_url()).content.decode()
+    assert 'data-counter="items_too_large">3<' in page
