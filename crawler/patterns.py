@@ -47,9 +47,13 @@ def compile_pattern(pattern: str):
         reason = exc.args[0] if exc.args else "invalid pattern"
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
+        lookaround = "perl operator" in reason  # (?= (?! (?<= (?<!
+        backreference = "escape sequence: \\" in reason and reason.rstrip()[-1:].isdigit()  # \1
         hint = ""
-        if "perl operator" in reason or "escape sequence: \\" in reason and reason.rstrip()[-1:].isdigit():
+        if lookaround or backreference:
             hint = " (lookahead, lookbehind and backreferences are not supported: patterns run on RE2)"
+        elif reason.endswith("\\Z"):
+            hint = " (RE2 writes the end of the text as \\z)"
         raise PatternError(f"Invalid regular expression: {reason}{hint}.") from None
 
 

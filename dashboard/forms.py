@@ -100,18 +100,19 @@ class ProjectForm(forms.Form):
     )
     follow_allow = forms.CharField(
         label="Follow links matching", required=False, widget=_textarea(3, "/category/"),
-        help_text="One regular expression per line; empty follows every link in the allowed domains.",
+        help_text="One regular expression per line (RE2: no lookaround or backreferences), found anywhere in the "
+        "link's URL; empty follows every link in the allowed domains.",
     )
     follow_deny = forms.CharField(
         label="Never follow links matching", required=False, widget=_textarea(2, "/login"),
-        help_text="One regular expression per line.",
+        help_text="One regular expression per line (RE2), found anywhere in the link's URL.",
     )
     max_depth = forms.IntegerField(min_value=0, initial=0, help_text="Link depth; 0 = no limit.")
     max_pages = forms.IntegerField(min_value=0, initial=0, help_text="Pages crawled; 0 = no limit.")
     max_items = forms.IntegerField(min_value=0, initial=0, help_text="Items stored; 0 = no limit.")
     max_duration = forms.IntegerField(min_value=0, initial=0, help_text="Seconds; 0 = no limit.")
     item_url_pattern = forms.CharField(
-        label="Item pages", required=False, help_text="Regular expression of the URLs that hold items; empty = every page."
+        label="Item pages", required=False, help_text="Regular expression (RE2) found in the URLs of pages that hold items; empty = every page."
     )
     item_selector = forms.CharField(
         label="Item selector", required=False,
