@@ -43,6 +43,8 @@ def compile_pattern(pattern: str):
         raise PatternError(f"At most {MAX_PATTERN_LENGTH} characters.")
     try:
         return re2.compile(pattern, _options())
+    except UnicodeEncodeError:
+        raise PatternError("Invalid regular expression: it contains a lone surrogate (not text).") from None
     except re2.error as exc:
         reason = exc.args[0] if exc.args else "invalid pattern"
         if isinstance(reason, bytes):
@@ -59,4 +61,8 @@ def compile_pattern(pattern: str):
 
 def search_any(regexes, text: str) -> bool:
     """True if any compiled pattern is found anywhere in ``text``."""
+    try:
+        text.encode("utf-8")  # RE2 matches UTF-8: a lone surrogate would raise in search()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
     return any(r.search(text) is not None for r in regexes)

@@ -53,7 +53,7 @@ class ConfigurableSpider(RedisSpider):
         except Exception:
             self.logger.warning("Cannot parse %s as HTML/XML", response.url)
             return
-        if self.fields and (self.item_url_re is None or self.item_url_re.search(response.url)):
+        if self.fields and (self.item_url_re is None or search_any([self.item_url_re], response.url)):
             yield from self.extract_items(response)
         for link in self.link_extractor.extract_links(response):
             if not self.follows(link.url):

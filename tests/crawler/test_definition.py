@@ -123,3 +123,9 @@ def test_unknown_top_level_keys_are_errors():
 def test_many_errors_reported_at_once():
     errs = errors_of({"name": "", "start_urls": [], "workers": 0})
     assert {"name", "start_urls", "workers", "item.fields"} <= set(errs)
+
+
+def test_regexes_that_are_not_text_are_refused_not_crashed_on():
+    errs = errors_of(good(follow={"allow": ["\ud800"]}, item={"url_pattern": "x" * 2001, "fields": [dict(FIELD)]}))
+    assert "lone surrogate" in errs["follow.allow.0"][0]
+    assert "2000" in errs["item.url_pattern"][0]

@@ -307,3 +307,10 @@ def test_items_too_large_show_next_to_errors_in_the_api_and_the_page(owner_clien
     assert counters["items_too_large"] == 3 and counters["errors"] == 1
     page = owner_client.get(crawl.get_absolute_url()).content.decode()
     assert 'data-counter="items_too_large">3<' in page
+
+
+@pytest.mark.django_db
+def test_a_lone_surrogate_in_a_regex_is_a_422_not_a_500(client, auth):
+    body = json.dumps(definition(follow={"allow": ["ok"]})).replace('"ok"', '"\\ud800"')
+    response = client.post("/api/projects", body, content_type="application/json", **auth)
+    assert response.status_code == 422 and "follow.allow.0" in response.json()["errors"]
