@@ -1,4 +1,9 @@
-"""Reaping: the leases of a worker whose heartbeat expired go back to the queue."""
+"""Workers that are gone: their leases go back to the queue.
+
+* :func:`reap` - the conductor's part: the leases of a worker whose heartbeat expired.
+* :func:`record_killed` - the RQ job's part (:mod:`crawler.jobs`): the worker process it had to
+  kill (it did not leave after stop, cancel or scale-down).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TERMINAL_STATES = ("finished", "failed", "dead")
+LOG_MAXLEN = 1000  # as the workers' own RedisLogHandler (CRAWLSITE_LOG_MAXLEN)
 
 
 def _worker_of(code: str, leases_key: str) -> str:
@@ -55,3 +61,37 @@ def reap(redis: redis.Redis, code: str) -> int:
         if returned:
             logger.warning("Crawl %s: worker %s stopped heartbeating; %d requests put back", code, worker, returned)
     return total
+
+
+def record_killed(redis: redis.Redis, code: str, worker: str, killed: dict, message: str) -> int | None:
+    """A worker process was killed: put its leases back in the queue at once, mark it ``failed``
+    with ``killed`` (why and how) and ``message``, and add ``message`` to the crawl's log as a warning.
+
+    Returns the number of requests put back, or None when the crawl's Redis state is gone (a
+    cancelled crawl): then nothing is written, so that no key of that crawl comes back.
+    """
+    returned = return_leases(redis, code, worker)  # nothing to return (and no write) once deleted
+    workers_key = keys.workers(code)
+
+    def write(pipe) -> bool:
+        if not pipe.exists(keys.control(code)):
+            return False
+        raw = pipe.hget(workers_key, worker)
+        try:
+            state = json.loads(raw) if raw else {}
+        except ValueError:
+            state = {}
+        now = time.time()
+        state.update(worker=worker, state="failed", killed=killed, message=message, in_flight=0,
+                     leases=0, updated_at=now)
+        pipe.multi()
+        pipe.hset(workers_key, worker, json.dumps(state))
+        pipe.delete(keys.heartbeat(code, worker))
+        pipe.xadd(keys.log(code), {"worker": worker, "level": "WARNING", "logger": __name__,
+                                   "message": message, "time": f"{now:.3f}"},
+                  maxlen=LOG_MAXLEN, approximate=True)
+        return True
+
+    # WATCH the control key: a cancel that deletes the crawl meanwhile makes this write nothing.
+    written = redis.transaction(write, keys.control(code), workers_key, value_from_callable=True)
+    return returned if written else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -62,14 +63,8 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         if name in ALLOWED_SETTINGS and not (name == "USER_AGENT" and not value):
             settings.set(name, value, priority="project")
     for name in ENV_FLOAT_SETTINGS:
-        raw = os.environ.get(name, "").strip()
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
-            if value <= 0:
-                raise ValueError(f"{name} must be more than 0 seconds, not {raw!r}")
+        value = env_seconds(name)
+        if value is not None:
             settings.set(name, value, priority="project")
     for name, value in (overrides or {}).items():
         settings.set(name, value, priority="cmdline")
@@ -79,6 +74,21 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
     settings.set("DOWNLOAD_MAXSIZE", maxsize, priority="cmdline")
     settings.set("DOWNLOAD_WARNSIZE", maxsize // 2, priority="cmdline")
     return settings
+
+
+def env_seconds(name: str, default: float | None = None) -> float | None:
+    """A timing setting read from the environment: a positive, finite number of seconds, or
+    ``default`` when the variable is unset or empty. A bad value raises ValueError naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be more than 0 seconds, not {raw!r}")
+    return value
 
 
 def max_item_bytes(definition: dict[str, Any]) -> int:
