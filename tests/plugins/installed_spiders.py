@@ -12,6 +12,7 @@ import pytest
 TEST_SPIDERS = {
     "shop": "tests.crawler.custom_spiders.ShopSpider",
     "not-a-spider": "tests.crawler.custom_spiders.NotASpider",
+    "stuck": "tests.crawler.custom_spiders.StuckSpider",
 }
 
 
