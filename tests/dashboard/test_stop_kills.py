@@ -2,7 +2,7 @@
 ended by its RQ job, its leases go back to the queue, and its RQ worker is free for other jobs.
 
 Real crawls: RQ burst workers run `python -m crawler run` on an operator-installed spider
-(tests.crawler.custom_spiders.StuckSpider) whose callback for one page never returns in worker
+("stuck": tests.crawler.custom_spiders.StuckSpider) whose callback for one page never returns in worker
 w1, as a runaway regex would. Controls go through the JSON API. The grace period before the kill
 is short here (CRAWLSITE_STOP_GRACE, CRAWLSITE_KILL_DELAY); every event is awaited by polling.
 """
@@ -70,7 +70,7 @@ def launch_stuck(owner, site):
     project = Project(owner=owner)
     project.set_definition(validate_definition({
         "name": "Stuck spider", "start_urls": [site.url + "/"],
-        "spider": "tests.crawler.custom_spiders.StuckSpider",
+        "spider": "stuck",  # tests.crawler.custom_spiders.StuckSpider (tests/plugins/installed_spiders.py)
         "settings": {"CONCURRENT_REQUESTS": 4, "DOWNLOAD_TIMEOUT": 5}, "workers": 1,
     }))
     project.save()
