@@ -1,17 +1,24 @@
 """The one validator of a crawl definition (used by the dashboard's form, admin and API).
 
-    validate(data) -> normalized definition (a new dict), or raises DefinitionError(errors)
+    validate(data, spiders=NAMES) -> normalized definition (a new dict), or raises DefinitionError(errors)
 
 ``errors`` maps a dotted field path (``start_urls.2``, ``item.fields.1.selector``,
 ``settings.FOO``) to a list of messages a user can read. Missing optional sections get defaults.
+
+Nothing here imports or runs what a user wrote: ``spider`` is checked against the names of the
+spiders the operator installed (``spiders``, see :mod:`crawler.registry`), and regexes are
+compiled with RE2 (:mod:`crawler.patterns`), which runs in linear time.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+import unicodedata
+from typing import Any, Iterable
 from urllib.parse import urlsplit
+
+from .patterns import PatternError, compile_pattern
 
 __all__ = ["ALLOWED_SETTINGS", "DefinitionError", "default_definition", "validate", "MAX_START_URLS"]
 
@@ -52,8 +59,9 @@ ALLOWED_SETTINGS: dict[str, dict[str, Any]] = {
     "RETRY_TIMES": {"type": int, "min": 0, "max": 20, "default": 2, "help": "Retries per request."},
     "DOWNLOAD_TIMEOUT": {"type": float, "min": 1.0, "max": 3600.0, "default": 180.0,
                          "help": "Seconds before a download times out."},
-    "DOWNLOAD_MAXSIZE": {"type": int, "min": 0, "max": 1024 ** 3, "default": 1024 ** 3,
-                         "help": "Largest response body in bytes (0: no limit)."},
+    "DOWNLOAD_MAXSIZE": {"type": int, "min": 1024, "max": 512 * 1024 ** 2, "default": 32 * 1024 ** 2,
+                         "help": "Largest response body in bytes (1 KiB to 512 MiB; there is no 'no limit'). "
+                                 "A bigger page is not stored and counts as an error."},
     "REDIRECT_ENABLED": {"type": bool, "default": True, "help": "Follow HTTP redirects."},
     "COOKIES_ENABLED": {"type": bool, "default": True, "help": "Keep cookies between requests."},
 }
@@ -93,14 +101,31 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def control_characters(value: str) -> list[str]:
+    """The control characters (C0, DEL, C1: CR, LF, NUL, ESC...) in ``value``, as ``U+000D``."""
+    found = []
+    for c in value:
+        if unicodedata.category(c) == "Cc":
+            label = f"U+{ord(c):04X}"
+            if label not in found:
+                found.append(label)
+    return found
+
+
+def _check_no_controls(value: str, path: str, errors: _Errors) -> bool:
+    found = control_characters(value)
+    if found:
+        errors.add(path, f"Control characters are not allowed (found {', '.join(found[:5])}).")
+        return False
+    return True
+
+
 def _check_regex(value: Any, path: str, errors: _Errors) -> str | None:
-    if not isinstance(value, str):
-        errors.add(path, "Must be a string (a regular expression).")
-        return None
+    """A user regex: it must compile with RE2, the engine the workers run it on."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        errors.add(path, f"Invalid regular expression: {exc}.")
+        compile_pattern(value)
+    except PatternError as exc:
+        errors.add(path, str(exc))
         return None
     return value
 
@@ -163,20 +188,19 @@ def host_allowed(host: str, domains: list[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in domains)
 
 
-def _check_spider(value: str, path: str, errors: _Errors) -> str:
-    import scrapy
-    from scrapy.utils.misc import load_object
+_DOTTED_PATH_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 
-    if not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$", value):
-        errors.add(path, "Must be a dotted path such as 'myproject.spiders.ShopSpider'.")
+
+def _check_spider(value: str, path: str, errors: _Errors, spiders: list[str]) -> str:
+    """A custom spider is a *name* from the operator's list; nothing is imported here."""
+    if value in spiders:
         return value
-    try:
-        obj = load_object(value)
-    except Exception as exc:  # ImportError, NameError, SyntaxError in the module...
-        errors.add(path, f"Cannot import {value!r}: {type(exc).__name__}: {exc}")
-        return value
-    if not (isinstance(obj, type) and issubclass(obj, scrapy.Spider)):
-        errors.add(path, f"{value!r} is not a scrapy.Spider subclass.")
+    available = ", ".join(spiders) if spiders else "none: the operator has installed no custom spiders"
+    if _DOTTED_PATH_RE.match(value):
+        errors.add(path, f"Custom spiders are chosen by name now, not by dotted path ({value!r}). "
+                         f"Available: {available}.")
+    else:
+        errors.add(path, f"Unknown spider {value[:100]!r}. Available: {available}.")
     return value
 
 
@@ -195,6 +219,8 @@ def _check_setting(name: str, value: Any, path: str, errors: _Errors) -> Any:
         if len(value) > spec["max_length"]:
             errors.add(path, f"At most {spec['max_length']} characters.")
             return None
+        if not _check_no_controls(value, path, errors):
+            return None
         return value
     if kind is int:
         if not _is_int(value):
@@ -205,6 +231,9 @@ def _check_setting(name: str, value: Any, path: str, errors: _Errors) -> Any:
             errors.add(path, "Must be a number.")
             return None
         value = float(value)
+    if value == 0 and spec["min"] > 0 and name == "DOWNLOAD_MAXSIZE":
+        errors.add(path, f"0 (no limit) is not allowed: give a size in bytes between {spec['min']} and {spec['max']}.")
+        return None
     if not spec["min"] <= value <= spec["max"]:
         errors.add(path, f"Must be between {spec['min']} and {spec['max']}.")
         return None
@@ -236,9 +265,14 @@ def _section(data: dict, key: str, errors: _Errors, allowed: tuple[str, ...]) ->
     return value
 
 
-def validate(data: dict) -> dict:
-    """Validate and normalize a crawl definition; raise :class:`DefinitionError` if invalid."""
+def validate(data: dict, spiders: Iterable[str] = ()) -> dict:
+    """Validate and normalize a crawl definition; raise :class:`DefinitionError` if invalid.
+
+    ``spiders`` are the names of the custom spiders the operator installed (``CRAWLSITE_SPIDERS``);
+    ``spider`` must be one of them (or empty: the built-in spider driven by ``item``).
+    """
     errors = _Errors()
+    spiders = sorted(spiders)
     if not isinstance(data, dict):
         raise DefinitionError({"__all__": ["The definition must be a JSON object."]})
     out = default_definition()
@@ -253,7 +287,7 @@ def validate(data: dict) -> dict:
         errors.add("name", "This field is required.")
     elif len(name.strip()) > MAX_NAME:
         errors.add("name", f"At most {MAX_NAME} characters.")
-    else:
+    elif _check_no_controls(name, "name", errors):
         out["name"] = name.strip()
 
     # start_urls
@@ -321,11 +355,11 @@ def validate(data: dict) -> dict:
     # spider
     spider = data.get("spider", "") or ""
     if not isinstance(spider, str):
-        errors.add("spider", "Must be a dotted path string or empty.")
+        errors.add("spider", "Must be the name of an installed spider, or empty.")
         spider = ""
     spider = spider.strip()
     if spider:
-        out["spider"] = _check_spider(spider, "spider", errors)
+        out["spider"] = _check_spider(spider, "spider", errors, spiders)
 
     # item
     item = _section(data, "item", errors, ("url_pattern", "selector", "fields"))

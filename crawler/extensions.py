@@ -2,7 +2,8 @@
 
 * :class:`WorkerStats` - every ``CRAWLSITE_STATS_INTERVAL`` (0.25 s) in one round trip: writes this
   worker's state JSON to ``workers``, refreshes ``hb:WORKER`` (TTL ``CRAWLSITE_HEARTBEAT_TTL``,
-  10 s), adds this worker's new counts to the crawl-wide ``stats`` (pages, errors, status:NNN).
+  10 s), adds this worker's new counts to the crawl-wide ``stats`` (pages, errors, status:NNN,
+  items_too_large).
 * :class:`Control` - every ``CRAWLSITE_CONTROL_INTERVAL`` (0.25 s) reads ``control`` and applies it:
   ``run`` (unpause), ``pause`` (``engine.pause()``: downloads in flight finish, nothing new starts;
   state ``pausing`` until nothing is in flight, then ``paused``), ``stop`` (pause, let in-flight
@@ -32,6 +33,7 @@ from twisted.internet import task
 from . import keys
 from .connection import get_redis
 from .queue import LEASE_META
+from .state import ITEMS_TOO_LARGE
 
 if TYPE_CHECKING:
     import redis
@@ -179,7 +181,8 @@ class WorkerStats:
 
     COUNTERS = ("pages", "errors")
     # worker stats summed crawl-wide in the crawl's stats hash, under these fields
-    SHIPPED_STATS = {"crawlsite/blocked_address": "blocked_address", "crawlsite/blocked_scheme": "blocked_scheme"}
+    SHIPPED_STATS = {"crawlsite/blocked_address": "blocked_address", "crawlsite/blocked_scheme": "blocked_scheme",
+                     f"crawlsite/{ITEMS_TOO_LARGE}": ITEMS_TOO_LARGE}
 
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, crawler: Crawler | None = None,
                  interval: float = 0.25, ttl: float = 10.0, stats: Any = None, give_up: float = 60.0):

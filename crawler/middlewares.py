@@ -170,6 +170,12 @@ class LeaseTracker:
     def item_key(self, item: Any) -> str | None:
         return self.item_keys.get(id(item))
 
+    def item_page_url(self, item: Any) -> str:
+        """URL of the page whose callback yielded ``item`` ("" if not from a tracked response)."""
+        lease = self.item_leases.get(id(item))
+        source = lease.response if lease is not None and lease.response is not None else getattr(lease, "request", None)
+        return getattr(source, "url", "") or ""
+
     async def wrap_output(self, response: Response, result: AsyncIterator[Any]) -> AsyncIterator[Any]:
         lease = self.by_response.get(response)
         if lease is None:

@@ -14,6 +14,11 @@ the page is crawled again), and a failed write is logged by the scheduler. With 
 ``process_item`` waits for the verdict of the write: the limit holds exactly across workers, as
 the counter check and the XADDs are one Lua step; an item over the limit is not written and raises
 DropItem (and sets ``stats['limit:max_items']``).
+
+An item whose JSON is larger than ``CRAWLSITE_MAX_ITEM_BYTES`` (the dashboard's setting, frozen in
+the crawl's definition; 1 MiB by default) is never written: it is dropped, counted in the crawl's
+``stats`` hash (``state.ITEMS_TOO_LARGE``, pushed by :class:`~crawler.extensions.WorkerStats`) and
+logged as a warning naming its page and size, which reaches the crawl's log stream.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from twisted.internet.defer import Deferred
 from . import keys, scripts
 from .connection import get_redis
 from .middlewares import LeaseTracker
+from .settings import MAX_ITEM_BYTES
+from .state import ITEMS_TOO_LARGE
 
 if TYPE_CHECKING:
     import redis
@@ -40,12 +47,16 @@ logger = logging.getLogger(__name__)
 
 
 class RedisItemPipeline:
+    TOO_LARGE_STAT = f"crawlsite/{ITEMS_TOO_LARGE}"
+
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, max_items: int = 0,
-                 tracker: LeaseTracker | None = None, stats: Any = None, crawler: Crawler | None = None):
+                 tracker: LeaseTracker | None = None, stats: Any = None, crawler: Crawler | None = None,
+                 max_item_bytes: int = MAX_ITEM_BYTES):
         self.redis = redis
         self.code = keys.validate_code(code)
         self.worker = keys.validate_worker(worker)
         self.max_items = int(max_items)
+        self.max_item_bytes = int(max_item_bytes)
         self.tracker = tracker
         self.stats = stats
         self.crawler = crawler
@@ -61,6 +72,7 @@ class RedisItemPipeline:
             raise NotConfigured("CRAWLSITE_CRAWL / CRAWLSITE_WORKER not set")
         return cls(get_redis(s.get("CRAWLSITE_REDIS_URL")), s["CRAWLSITE_CRAWL"], s["CRAWLSITE_WORKER"],
                    max_items=s.getint("CRAWLSITE_MAX_ITEMS", 0),
+                   max_item_bytes=s.getint("CRAWLSITE_MAX_ITEM_BYTES", MAX_ITEM_BYTES),
                    tracker=LeaseTracker.for_crawler(crawler), stats=crawler.stats, crawler=crawler)
 
     def open_spider(self) -> None:
@@ -76,6 +88,9 @@ class RedisItemPipeline:
     async def process_item(self, item: Any) -> Any:
         data = ItemAdapter(item).asdict()
         payload = json.dumps(data, ensure_ascii=False, default=str, separators=(",", ":"))
+        size = len(payload.encode("utf-8"))
+        if size > self.max_item_bytes:
+            self._drop_too_large(item, data, size)
         key = self.tracker.item_key(item) if self.tracker is not None else None
         if key is None:  # not from a tracked response (e.g. yielded by start()): key by content
             key = "item:" + hashlib.sha1(payload.encode("utf-8")).hexdigest()
@@ -96,6 +111,18 @@ class RedisItemPipeline:
         if self.stats is not None:
             self.stats.inc_value("crawlsite/items")
         return item
+
+    def _drop_too_large(self, item: Any, data: dict, size: int) -> None:
+        if self.stats is not None:
+            self.stats.inc_value(self.TOO_LARGE_STAT)
+        # the item_dropped signal that follows lets the lease tracker count the item as handled
+        url = self.tracker.item_page_url(item) if self.tracker is not None else ""
+        url = url or str(data.get("url", "") or "")
+        logger.warning("Dropped an item of %d bytes from %s: larger than the %d bytes allowed "
+                       "(CRAWLSITE_MAX_ITEM_BYTES)", size, url[:2000] or "(no URL)", self.max_item_bytes)
+        # logged above at WARNING with the page and size; Scrapy's own line (with the whole
+        # item) would only repeat a megabyte of it
+        raise DropItem(f"item of {size} bytes over the {self.max_item_bytes}-byte limit", log_level="DEBUG")
 
     # -- batch ---------------------------------------------------------------------------------
     @property

@@ -10,8 +10,12 @@ from scrapy.settings import Settings
 
 from .definition import ALLOWED_SETTINGS
 from .netpolicy import ENV_VAR as ALLOWED_NETWORKS, parse_allowed
+from .registry import ENV as SPIDERS_ENV
+from .registry import check_worker_spider, parse_spiders
 
 CONFIGURABLE_SPIDER = "crawler.spiders.configurable.ConfigurableSpider"
+DOWNLOAD_MAXSIZE = ALLOWED_SETTINGS["DOWNLOAD_MAXSIZE"]["default"]  # 32 MiB, never 0 (no limit)
+MAX_ITEM_BYTES = 1024 * 1024  # an item's JSON; the dashboard's CRAWLSITE_MAX_ITEM_BYTES, frozen at launch
 
 # Timing settings a deployment (or the test suite) may set from the environment, e.g.
 # CRAWLSITE_HEARTBEAT_TTL=1.5 so a killed worker's leases come back quickly in tests.
@@ -75,6 +79,8 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         "CRAWLSITE_REDIS_URL": redis_url,
         "CRAWLSITE_MAX_PAGES": int((definition.get("limits") or {}).get("max_pages", 0)),
         "CRAWLSITE_MAX_ITEMS": int((definition.get("limits") or {}).get("max_items", 0)),
+        "CRAWLSITE_MAX_ITEM_BYTES": max_item_bytes(definition),
+        "DOWNLOAD_MAXSIZE": DOWNLOAD_MAXSIZE,
     }, priority="project")
     for name, value in COMPONENTS.items():
         settings.set(name, value, priority="cmdline" if name == "SCHEDULER" else "project")
@@ -94,6 +100,11 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         if name == ALLOWED_NETWORKS:
             parse_allowed(value)
         settings.set(name, value, priority="cmdline")
+    # Warn at half the limit (Scrapy's own default of 32 MiB would equal ours, or exceed a
+    # smaller one). A definition validated today never holds 0; an old one is clamped.
+    maxsize = settings.getint("DOWNLOAD_MAXSIZE") or DOWNLOAD_MAXSIZE
+    settings.set("DOWNLOAD_MAXSIZE", maxsize, priority="cmdline")
+    settings.set("DOWNLOAD_WARNSIZE", maxsize // 2, priority="cmdline")
     return settings
 
 
@@ -112,5 +123,23 @@ def env_seconds(name: str, default: float | None = None) -> float | None:
     return value
 
 
-def spider_path(definition: dict[str, Any]) -> str:
-    return definition.get("spider") or CONFIGURABLE_SPIDER
+def max_item_bytes(definition: dict[str, Any]) -> int:
+    """The item size limit the dashboard froze in the definition (1 MiB if it froze none)."""
+    value = (definition.get("operator") or {}).get("max_item_bytes")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else MAX_ITEM_BYTES
+
+
+def spider_path(definition: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+    """The dotted path of the spider class this worker imports.
+
+    The built-in spider, or the path the dashboard froze for the definition's ``spider`` name
+    (``operator.spider_class``), checked against this machine's ``CRAWLSITE_SPIDERS`` if set.
+    Raises ValueError before importing anything it does not accept.
+    """
+    name = definition.get("spider") or ""
+    if not name:
+        return CONFIGURABLE_SPIDER
+    path = (definition.get("operator") or {}).get("spider_class")
+    environ = os.environ if environ is None else environ
+    local = parse_spiders(environ[SPIDERS_ENV]) if environ.get(SPIDERS_ENV, "").strip() else None
+    return check_worker_spider(name, path, local)

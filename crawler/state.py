@@ -17,11 +17,17 @@ if TYPE_CHECKING:
 
 CONTROL_VALUES = ("run", "pause", "stop", "finish")
 
+# Counters of the crawl-wide ``stats`` hash besides those the scripts keep (seen, popped, items,
+# leased...): pushed by each worker's WorkerStats.
+PAGES = "pages"
+ERRORS = "errors"
+ITEMS_TOO_LARGE = "items_too_large"  # items dropped for being over CRAWLSITE_MAX_ITEM_BYTES
+
 
 def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
     """Every counter the dashboard shows, in ONE pipelined round trip.
 
-    Returns ``{queued, seen, pages, items, errors, in_flight, status: {"200": n, ...},
+    Returns ``{queued, seen, pages, items, errors, items_too_large, in_flight, status: {"200": n, ...},
     workers: {id: state dict}, stats: {raw stats hash}, control}``. ``in_flight`` is the number of
     leased requests (``stats.leased``, kept by the pop, release and return scripts).
     """
@@ -48,9 +54,10 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
     return {
         "queued": int(queued),
         "seen": num("seen"),
-        "pages": num("pages"),
+        "pages": num(PAGES),
         "items": num("items"),
-        "errors": num("errors"),
+        "errors": num(ERRORS),
+        ITEMS_TOO_LARGE: num(ITEMS_TOO_LARGE),
         "in_flight": num("leased"),
         "status": status,
         "workers": parsed,

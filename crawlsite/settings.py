@@ -8,6 +8,9 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
+from crawler.registry import SpiderRegistryError, parse_spiders
 from crawlsite.env import (
     check_database_url,
     check_redis_url,
@@ -209,6 +212,14 @@ CRAWLSITE_ALLOWED_NETWORKS = env_allowed_networks()
 # RQ job timeout of a crawl worker without a duration limit, and the margin added to one.
 CRAWL_JOB_TIMEOUT = env_int("CRAWL_JOB_TIMEOUT", 7 * 86400, minimum=60)
 CRAWL_JOB_MARGIN = 600
+# Custom spiders the operator installed, offered by name: "name=package.module.Class,...".
+# Nothing is imported here: workers import the chosen class (docs/operations.md).
+try:
+    CRAWLSITE_SPIDERS = parse_spiders(env_str("CRAWLSITE_SPIDERS"))
+except SpiderRegistryError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+# Largest item a worker stores, measured on its JSON (bytes); bigger ones are dropped and counted.
+CRAWLSITE_MAX_ITEM_BYTES = env_int("CRAWLSITE_MAX_ITEM_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024)
 # Items moved from Redis to the database per crawl per conductor tick, at most.
 CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
 

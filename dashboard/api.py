@@ -8,6 +8,7 @@ Another user's project, crawl or token answers 404.
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
@@ -86,6 +87,7 @@ class Counters(Schema):
     pages: int = 0
     items: int = 0
     errors: int = 0
+    items_too_large: int = 0  # items dropped by workers for being over CRAWLSITE_MAX_ITEM_BYTES
     in_flight: int = 0
 
 
@@ -120,7 +122,7 @@ def project_out(project):
     }
 
 
-COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "in_flight")
+COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")
 
 
 def crawl_numbers(crawl):
@@ -131,7 +133,7 @@ def crawl_numbers(crawl):
         try:
             redis = get_redis()
             now = state.read_counters(redis, crawl.code)
-            counters = {name: now[name] for name in COUNTER_NAMES}
+            counters = {name: now.get(name, 0) for name in COUNTER_NAMES}
             rates = live.rates(crawl.code, redis)  # measured by the conductor over a short window
         except RedisError:
             pass  # Redis away for a moment: the recorded numbers are the best we have
@@ -182,9 +184,26 @@ def _save(project, definition):
     return None
 
 
+class SpidersOut(Schema):
+    spiders: list[str]
+
+
+@api.get("/spiders", response=SpidersOut, tags=["projects"])
+def list_spiders(request):
+    """Names of the custom spiders the operator installed: the values a definition's ``spider``
+    may take (empty: the built-in spider driven by ``item``)."""
+    return {"spiders": sorted(settings.CRAWLSITE_SPIDERS)}
+
+
 @api.post("/projects", response={201: ProjectOut, 409: ErrorOut, 422: ValidationOut}, tags=["projects"])
 def create_project(request, payload: dict[str, Any] = Body(...)):
-    """Create a project from a crawl definition (see docs/crawler.md for its fields)."""
+    """Create a project from a crawl definition (see docs/crawler.md for its fields).
+
+    ``spider`` is empty (the built-in spider, driven by ``item``) or the name of a custom spider
+    from ``GET /api/spiders``; any other value, a dotted path included, answers 422 and nothing
+    is imported. Regexes (``follow.allow``, ``follow.deny``, ``item.url_pattern``) must compile
+    with RE2: no lookaround, no backreferences. String settings and ``name`` refuse control
+    characters."""
     definition, error = _validated(payload)
     if error:
         return error

@@ -293,7 +293,7 @@ def without_lone_surrogates(data):
 
 
 def final_stats(crawl, counters):
-    stats = {name: counters[name] for name in ("queued", "seen", "pages", "items", "errors", "in_flight")}
+    stats = {name: counters.get(name, 0) for name in ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")}
     stats["status"] = counters["status"]
     stats["items_stored"] = crawl.items.count()
     stats["workers"] = len(counters["workers"])

@@ -15,7 +15,7 @@ from rq.job import Job
 from crawler import keys, state
 from crawler.definition import MAX_WORKERS, DefinitionError
 from dashboard import quotas
-from dashboard.models import Crawl, validate_definition
+from dashboard.models import Crawl, frozen_definition, validate_definition
 from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def check_redis():
 def launch(project, workers=None):
     """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's)."""
     try:
-        definition = validate_definition(project.definition)
+        definition = frozen_definition(validate_definition(project.definition))
     except DefinitionError as exc:
         raise LaunchError(f"The project's definition is invalid: {exc}") from None
     count = definition["workers"] if workers is None else workers

@@ -9,6 +9,7 @@ import json
 import re
 
 from django import forms
+from django.conf import settings as django_settings
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
 from dashboard.models import ApiToken, Project, TokenError, validate_definition
@@ -133,18 +134,19 @@ class ProjectForm(forms.Form):
     )
     follow_allow = forms.CharField(
         label="Follow links matching", required=False, widget=_textarea(3, "/category/"),
-        help_text="One regular expression per line; empty follows every link in the allowed domains.",
+        help_text="One regular expression per line (RE2: no lookaround or backreferences), found anywhere in the "
+        "link's URL; empty follows every link in the allowed domains.",
     )
     follow_deny = forms.CharField(
         label="Never follow links matching", required=False, widget=_textarea(2, "/login"),
-        help_text="One regular expression per line.",
+        help_text="One regular expression per line (RE2), found anywhere in the link's URL.",
     )
     max_depth = StrictIntegerField(min_value=0, initial=0, help_text="Link depth; 0 = no limit.")
     max_pages = StrictIntegerField(min_value=0, initial=0, help_text="Pages crawled; 0 = no limit.")
     max_items = StrictIntegerField(min_value=0, initial=0, help_text="Items stored; 0 = no limit.")
     max_duration = StrictIntegerField(min_value=0, initial=0, help_text="Seconds; 0 = no limit.")
     item_url_pattern = forms.CharField(
-        label="Item pages", required=False, help_text="Regular expression of the URLs that hold items; empty = every page."
+        label="Item pages", required=False, help_text="Regular expression (RE2) found in the URLs of pages that hold items; empty = every page."
     )
     item_selector = forms.CharField(
         label="Item selector", required=False,
@@ -155,15 +157,28 @@ class ProjectForm(forms.Form):
         help_text="“name: selector” per line, CSS (with ::text, ::attr(href)) or XPath (starting with / or ( ). "
         "End a name with [] to keep every match.",
     )
-    spider = forms.CharField(
-        label="Custom spider class", required=False,
-        help_text="Instead of the fields above: the dotted path of your own Scrapy spider, importable on the workers.",
-    )
+    spider = forms.ChoiceField(label="Spider", required=False, choices=())
     settings = forms.CharField(
         label="Scrapy settings", required=False, widget=_textarea(3, "CONCURRENT_REQUESTS = 16\nDOWNLOAD_DELAY = 0.25"),
         help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ".",
     )
     workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
+
+    BUILT_IN = ("", "Built-in: extract the fields above")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        installed = sorted(django_settings.CRAWLSITE_SPIDERS)
+        choices = [self.BUILT_IN] + [(name, name) for name in installed]
+        current = self.initial.get("spider") or ""
+        if current and current not in installed:
+            # An old dotted path, or a spider the operator removed: kept as a choice so that
+            # saving it shows why it is refused rather than silently switching spiders.
+            choices.append((current, f"{current} (not installed)"))
+        self.fields["spider"].choices = choices
+        self.fields["spider"].help_text = (
+            "Or one of the custom spiders installed by the operator of this site: it replaces the fields above."
+            if installed else "No custom spiders are installed on this site (the operator's CRAWLSITE_SPIDERS).")
 
     @classmethod
     def initial_from(cls, definition):

@@ -43,7 +43,7 @@ RATE_WINDOW = 5.0
 # Scraped strings longer than this are cut in live messages (the item browser shows them whole).
 CLIP = 300
 SERIES_FIELDS = ["t", "pages", "items", "queued", "seen", "errors", "in_flight", "pages_per_s", "items_per_s"]
-COUNTER_FIELDS = ("queued", "seen", "pages", "items", "errors", "in_flight")
+COUNTER_FIELDS = ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")
 
 
 # ---------------------------------------------------------------------------------------------

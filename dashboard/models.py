@@ -350,5 +350,19 @@ class ApiToken(models.Model):
 
 
 def validate_definition(data):
-    """The one validator: returns the normalized definition or raises DefinitionError."""
-    return crawl_definition.validate(data)
+    """The one validator: returns the normalized definition or raises DefinitionError.
+
+    A custom spider is checked against the names of the operator's ``CRAWLSITE_SPIDERS``;
+    nothing is imported.
+    """
+    return crawl_definition.validate(data, spiders=settings.CRAWLSITE_SPIDERS)
+
+
+def frozen_definition(definition):
+    """A validated definition plus what the operator decides for a crawl of it, frozen at launch:
+    the dotted path of its custom spider (``spider_class``, imported by the workers only) and
+    the item size limit. Users never set ``operator``: the validator refuses the field."""
+    operator = {"max_item_bytes": settings.CRAWLSITE_MAX_ITEM_BYTES}
+    if definition.get("spider"):
+        operator["spider_class"] = settings.CRAWLSITE_SPIDERS[definition["spider"]]
+    return {**definition, "operator": operator}

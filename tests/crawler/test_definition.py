@@ -82,14 +82,22 @@ def test_valid_css_and_xpath_selectors_pass():
 
 def test_fields_required_without_a_custom_spider():
     assert "item.fields" in errors_of(good(item={"fields": []}))
-    d = validate(good(item={"fields": []}, spider="scrapy.Spider"))
-    assert d["spider"] == "scrapy.Spider"
+    d = validate(good(item={"fields": []}, spider="shop"), spiders={"shop": "x.y.Shop"})
+    assert d["spider"] == "shop"
 
 
-def test_spider_must_import_and_be_a_spider():
-    assert "No module named" in errors_of(good(spider="nosuch.module.Spider"))["spider"][0]
-    assert "not a scrapy.Spider" in errors_of(good(spider="json.JSONDecoder"))["spider"][0]
-    assert "dotted" in errors_of(good(spider="not a path"))["spider"][0]
+def test_spider_must_be_an_installed_name():
+    installed = {"shop": "x.y.Shop", "news": "x.y.News"}
+    message = errors_of_with(good(spider="nosuch.module.Spider"), installed)["spider"][0]
+    assert "by name" in message and "Available: news, shop" in message
+    assert "Unknown spider 'blog'" in errors_of_with(good(spider="blog"), installed)["spider"][0]
+    assert "none" in errors_of(good(spider="shop"))["spider"][0]  # nothing installed
+
+
+def errors_of_with(data, spiders):
+    with pytest.raises(DefinitionError) as exc:
+        validate(data, spiders=spiders)
+    return exc.value.errors
 
 
 def test_settings_whitelist_types_and_ranges():
@@ -115,3 +123,9 @@ def test_unknown_top_level_keys_are_errors():
 def test_many_errors_reported_at_once():
     errs = errors_of({"name": "", "start_urls": [], "workers": 0})
     assert {"name", "start_urls", "workers", "item.fields"} <= set(errs)
+
+
+def test_regexes_that_are_not_text_are_refused_not_crashed_on():
+    errs = errors_of(good(follow={"allow": ["\ud800"]}, item={"url_pattern": "x" * 2001, "fields": [dict(FIELD)]}))
+    assert "lone surrogate" in errs["follow.allow.0"][0]
+    assert "2000" in errs["item.url_pattern"][0]

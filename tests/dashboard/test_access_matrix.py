@@ -56,6 +56,7 @@ HTTP_TABLE = [
     ("GET", "/rq/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/api/docs", LOGIN, OK, OK, OK),
     ("GET", "/api/openapi.json", LOGIN, OK, OK, OK),
+    ("GET", "/api/spiders", UNAUTHORIZED, OK, OK, OK),
     ("GET", "/api/projects", UNAUTHORIZED, OK, OK, OK),
     ("POST", "/api/projects", UNAUTHORIZED, 201, 201, 201),
     ("GET", "/api/projects/{project}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),

@@ -113,7 +113,7 @@ def test_launch_crawl_and_read_it(client, auth, owner):
     assert body["status"] == "running" and body["workers"] == 2
     assert body["counters"]["queued"] == 1
     crawl = client.get(f"/api/crawls/{body['code']}", **auth).json()
-    assert set(crawl["counters"]) == {"queued", "seen", "pages", "items", "errors", "in_flight"}
+    assert set(crawl["counters"]) == {"queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight"}
     assert set(crawl["rates"]) == {"pages_per_s", "items_per_s"}
     # a project with a running crawl cannot be deleted
     assert client.delete(f"/api/projects/{project.pk}", **auth).status_code == 409

@@ -71,7 +71,7 @@ async def test_owner_gets_a_full_snapshot_on_connect(crawl, owner):
     snap = await comm.receive_json_from(timeout=3)
     assert snap["type"] == "crawl.snapshot"
     assert snap["status"] == "running"
-    assert snap["counters"] == {"queued": 2, "seen": 5, "pages": 3, "items": 2, "errors": 1, "in_flight": 0}
+    assert snap["counters"] == {"queued": 2, "seen": 5, "pages": 3, "items": 2, "errors": 1, "items_too_large": 0, "in_flight": 0}
     assert snap["status_codes"] == {"200": 3}
     assert snap["progress"] == {"done": 3, "total": 5, "percent": 60.0}
     assert snap["workers"][0]["host"] == "box" and snap["workers"][0]["state"] == "running"

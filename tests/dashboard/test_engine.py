@@ -203,7 +203,7 @@ def test_a_custom_spider_class_runs_with_the_shared_queue_and_pipeline(owner):
         project = Project(owner=owner)
         project.set_definition(validate_definition({
             "name": "Custom spider", "start_urls": [site.url + "/"],
-            "spider": "tests.crawler.custom_spiders.ShopSpider",
+            "spider": "shop",
             "settings": {"CONCURRENT_REQUESTS": 8}, "workers": 2,
         }))
         project.save()
@@ -219,16 +219,17 @@ def test_a_custom_spider_class_runs_with_the_shared_queue_and_pipeline(owner):
         site.stop()
 
 
-def test_a_spider_path_that_is_not_a_spider_is_refused():
+def test_a_spider_that_is_not_installed_is_refused():
     from crawler.definition import DefinitionError
     from dashboard.models import validate_definition
 
-    for path, message in [("tests.crawler.custom_spiders.NotASpider", "Spider"),
-                          ("tests.crawler.nowhere.Spider", "import"), ("not a path", "")]:
+    for path, message in [("tests.crawler.custom_spiders.ShopSpider", "by name"),
+                          ("tests.crawler.nowhere.Spider", "by name"), ("not a path", "unknown spider")]:
         with pytest.raises(DefinitionError) as info:
             validate_definition({"name": "x", "start_urls": ["http://127.0.0.1:9/"], "spider": path})
         assert "spider" in info.value.errors
         assert message.lower() in " ".join(info.value.errors["spider"]).lower()
+        assert "available: not-a-spider, shop, stuck" in " ".join(info.value.errors["spider"]).lower()
 
 
 def test_an_rq_job_stopped_mid_crawl_loses_nothing(owner, monkeypatch):

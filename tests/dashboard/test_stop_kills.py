@@ -2,7 +2,7 @@
 ended by its RQ job, its leases go back to the queue, and its RQ worker is free for other jobs.
 
 Real crawls: RQ burst workers run `python -m crawler run` on an operator-installed spider
-(tests.crawler.custom_spiders.StuckSpider) whose callback for one page never returns in worker
+("stuck": tests.crawler.custom_spiders.StuckSpider) whose callback for one page never returns in worker
 w1, as a runaway regex would. Controls go through the JSON API. The grace period before the kill
 is short here (CRAWLSITE_STOP_GRACE, CRAWLSITE_KILL_DELAY); every event is awaited by polling.
 """
@@ -70,7 +70,7 @@ def launch_stuck(owner, site):
     project = Project(owner=owner)
     project.set_definition(validate_definition({
         "name": "Stuck spider", "start_urls": [site.url + "/"],
-        "spider": "tests.crawler.custom_spiders.StuckSpider",
+        "spider": "stuck",  # tests.crawler.custom_spiders.StuckSpider (tests/plugins/installed_spiders.py)
         "settings": {"CONCURRENT_REQUESTS": 4, "DOWNLOAD_TIMEOUT": 5}, "workers": 1,
     }))
     project.save()
@@ -111,6 +111,8 @@ def api(client, auth, crawl, action):
 def test_stop_ends_a_stuck_worker_frees_its_rq_worker_and_loses_nothing(owner, site, driver, procs,
                                                                        redis_client, client, auth):
     crawl = launch_stuck(owner, site)
+    # Served before the RQ worker starts: a worker opens only the test sites running when it starts.
+    other_site = start_site(profile=TINY)
     # A long heartbeat TTL: the conductor's reaper cannot be what ends this worker.
     [first] = rq_workers(procs, 1, heartbeat_ttl=300)
     url = driver.until(lambda: stuck_url(redis_client, crawl), 60, "w1 to be stuck in its callback")
@@ -118,7 +120,6 @@ def test_stop_ends_a_stuck_worker_frees_its_rq_worker_and_loses_nothing(owner, s
     assert url in urls(redis_client.hvals(keys.leases(crawl.code, "w1")))
 
     # Another crawl's job waits for the only RQ worker, which the stuck worker holds.
-    other_site = start_site(profile=TINY)
     try:
         other = engine.launch(make_project(owner, other_site, name="Other shop"), workers=1)
         assert api(client, auth, crawl, "stop")["status"] == Crawl.STOPPING
