@@ -1,0 +1,80 @@
+"""Pausing on an adversarial site (issue 12): every pause ends, no worker keeps a lease it is not
+working on.
+
+The ``lifecycle`` demo site answers slowly (150 ms a page) and has every path a lease can take:
+404s, 500s that are retried (and pages that fail once, then answer), a chain of two redirects,
+links robots.txt disallows, a page that times out (DOWNLOAD_TIMEOUT 1 s, retried), duplicate
+and offsite links. Two real worker processes with 16 concurrent requests each are paused at
+random moments; each pause must reach ``paused`` on both workers with nothing leased, and the
+crawl still ends with every expected item exactly once.
+
+The bound waited for here is generous (a loaded machine): what fails is a pause that never ends.
+The time a pause takes is measured by ``bench/control_bench.py`` (``pauses``).
+"""
+
+import random
+import time
+
+from crawler import definition, keys, state
+from demosite.server import PRIVATE_PREFIX, start_site
+from helpers import conduct, start_worker, stream_items
+
+PAGE_MS = 150
+SETTINGS = {"CONCURRENT_REQUESTS": 16, "CONCURRENT_REQUESTS_PER_DOMAIN": 16, "DOWNLOAD_TIMEOUT": 1,
+            "RETRY_TIMES": 2}
+PAUSE_BOUND = 20.0  # seconds; a hung pause waits forever
+
+
+def adversarial_definition(site):
+    d = site.recommended_definition(slow=True)  # /slow/ allowed: it times out
+    d["settings"].update(SETTINGS)
+    return definition.validate(d)
+
+
+def _paused(r, code, workers):
+    c = state.read_counters(r, code)
+    states = {w: c["workers"].get(w, {}).get("state") for w in workers}
+    leased = {w: r.hlen(keys.leases(code, w)) for w in workers}
+    ok = all(s == "paused" for s in states.values()) and c["in_flight"] == 0 and not any(leased.values())
+    return ok, (states, leased, c["in_flight"])
+
+
+def wait_paused(r, code, workers, bound=PAUSE_BOUND):
+    started = time.monotonic()
+    seen = None
+    while time.monotonic() - started < bound:
+        ok, seen = _paused(r, code, workers)
+        if ok:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"pause did not end in {bound} s: states, leases, in_flight = {seen}")
+
+
+def test_every_pause_ends_with_no_lease_held_on_the_adversarial_site(r, code, redis_url):
+    site = start_site("lifecycle", delay_ms=PAGE_MS)
+    rng = random.Random(12)
+    workers = ["w1", "w2"]
+    try:
+        state.launch(r, code, adversarial_definition(site))
+        procs = [start_worker(redis_url, code, w) for w in workers]
+        for _ in range(6):
+            # a random moment: after a random number of further pages
+            target = state.read_counters(r, code)["pages"] + rng.randint(2, 12)
+            deadline = time.monotonic() + 30
+            while state.read_counters(r, code)["pages"] < target and time.monotonic() < deadline:
+                time.sleep(0.01)
+            state.set_control(r, code, "pause")
+            wait_paused(r, code, workers)
+            state.set_control(r, code, "run")
+        conduct(r, code, procs, timeout=120)
+        assert [p.returncode for p in procs] == [0, 0]
+        items = stream_items(r, code)
+        assert len({i["key"] for i in items}) == len(items)
+        got = sorted(i["data"]["url"] for i in items)
+        assert got == sorted(i["url"] for i in site.expected_items())
+        served = [p for _h, p in site.requests]
+        assert not [p for p in served if p.startswith(PRIVATE_PREFIX)], "robots.txt not obeyed"
+        assert served.count("/slow/") >= 1 and any(p.startswith("/moved/") for p in served)
+        assert list(r.scan_iter(match=keys.leases_pattern(code))) == []
+    finally:
+        site.stop()
