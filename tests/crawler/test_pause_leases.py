@@ -64,7 +64,7 @@ def test_every_pause_ends_with_no_lease_held_on_the_adversarial_site(r, code, re
             while state.read_counters(r, code)["pages"] < target and time.monotonic() < deadline:
                 time.sleep(0.01)
             state.set_control(r, code, "pause")
-            wait_paused(r, code, workers)
+            print("paused in", round(wait_paused(r, code, workers), 3), flush=True)
             state.set_control(r, code, "run")
         conduct(r, code, procs, timeout=120)
         assert [p.returncode for p in procs] == [0, 0]
