@@ -216,8 +216,9 @@ class RedisScheduler(BaseScheduler):
 
     def _returned(self, result: Any) -> None:
         if isinstance(result, Exception):
-            # the connection was lost and the call was kept: it is sent again on the new one
             logger.error("Returning unstarted requests to the queue failed: %s", result)
+        if self._has_writes():  # writes buffered while this was in flight
+            self.schedule_flush()
 
     def _engine_paused(self) -> bool:
         engine = getattr(self.crawler, "engine", None)
@@ -429,6 +430,13 @@ class RedisScheduler(BaseScheduler):
     def _tick(self) -> None:
         try:
             self.channel.retry()  # writes a lost connection left unsent
+            if self.channel.due:
+                # replies the reactor has not handed over (a safety net, without waiting): read
+                # what has arrived, so that a pop or write in flight cannot stay pending forever
+                due = len(self.channel.due)
+                self.channel.poll()
+                if len(self.channel.due) < due:
+                    self._inc("crawlsite/replies_read_by_tick", due - len(self.channel.due))
             if self.channel.losses != self._losses_seen and not self.channel.busy and not self._popping:
                 self.return_unknown_leases()
             if self._has_writes():  # normally scheduled already: a safety net, without waiting

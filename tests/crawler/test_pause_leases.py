@@ -15,6 +15,8 @@ The time a pause takes is measured by ``bench/control_bench.py`` (``pauses``).
 import random
 import time
 
+import pytest
+
 from crawler import definition, keys, state
 from demosite.server import PRIVATE_PREFIX, start_site
 from helpers import conduct, start_worker, stream_items
@@ -25,10 +27,13 @@ SETTINGS = {"CONCURRENT_REQUESTS": 16, "CONCURRENT_REQUESTS_PER_DOMAIN": 16, "DO
 PAUSE_BOUND = 20.0  # seconds; a hung pause waits forever
 
 
-def adversarial_definition(site):
+def adversarial_definition(site, spider=""):
     d = site.recommended_definition(slow=True)  # /slow/ allowed: it times out
     d["settings"].update(SETTINGS)
-    return definition.validate(d)
+    d = definition.validate(d)
+    if spider:
+        d["spider"] = spider  # a user's own spider, run with the same scheduler and leases
+    return d
 
 
 def _paused(r, code, workers):
@@ -50,12 +55,14 @@ def wait_paused(r, code, workers, bound=PAUSE_BOUND):
     raise AssertionError(f"pause did not end in {bound} s: states, leases, in_flight = {seen}")
 
 
-def test_every_pause_ends_with_no_lease_held_on_the_adversarial_site(r, code, redis_url):
+@pytest.mark.parametrize("spider", ["", "tests.crawler.custom_spiders.ErrbackShopSpider"],
+                         ids=["configurable", "errbacks"])
+def test_every_pause_ends_with_no_lease_held_on_the_adversarial_site(r, code, redis_url, spider):
     site = start_site("lifecycle", delay_ms=PAGE_MS)
     rng = random.Random(12)
     workers = ["w1", "w2"]
     try:
-        state.launch(r, code, adversarial_definition(site))
+        state.launch(r, code, adversarial_definition(site, spider))
         procs = [start_worker(redis_url, code, w) for w in workers]
         for _ in range(6):
             # a random moment: after a random number of further pages
@@ -64,7 +71,7 @@ def test_every_pause_ends_with_no_lease_held_on_the_adversarial_site(r, code, re
             while state.read_counters(r, code)["pages"] < target and time.monotonic() < deadline:
                 time.sleep(0.01)
             state.set_control(r, code, "pause")
-            print("paused in", round(wait_paused(r, code, workers), 3), flush=True)
+            wait_paused(r, code, workers)
             state.set_control(r, code, "run")
         conduct(r, code, procs, timeout=120)
         assert [p.returncode for p in procs] == [0, 0]

@@ -22,9 +22,9 @@ sequences every run; a failure prints its steps). For a soak, raise them:
 
 import json
 import os
-import random
 import signal
 import time
+import uuid
 
 import psutil
 import pytest
@@ -72,9 +72,9 @@ class CrawlLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.site = start_site("lifecycle", delay_ms=PAGE_MS)
         self.procs = []
-        self.rng = random.Random(len(self.ctx.pause_times))
         definition = self.site.recommended_definition(slow=True)  # /slow/ times out (DOWNLOAD_TIMEOUT 1 s)
         definition["settings"].update(SETTINGS)
+        definition["name"] = f"Lifecycle {uuid.uuid4().hex[:8]}"  # one project per example
         response = self.api("post", "/api/projects", definition)
         assert response.status_code == 201, response.content
         response = self.api("post", f"/api/projects/{response.json()['id']}/crawls", {"workers": 2})
@@ -168,7 +168,16 @@ class CrawlLifecycle(RuleBasedStateMachine):
         assert self.act("pause")["status"] in (Crawl.PAUSING, Crawl.PAUSED)
         took = self.until_status({Crawl.PAUSED}, PAUSE_BOUND)
         self.ctx.pause_times.append(took)
+        print(f"  {self.code}: paused in {took:.2f} s", flush=True)
         self.check_agreement()
+
+    @precondition(lambda self: self.status() == Crawl.RUNNING)
+    @rule(pages=st.integers(0, 12))
+    def pause_then_resume(self, pages):
+        """The common case, as a step of its own so that pauses are frequent."""
+        self.pause(pages)
+        if self.status() == Crawl.PAUSED:
+            self.resume()
 
     @precondition(lambda self: self.status() in (Crawl.PAUSED, Crawl.STOPPED))
     @rule()
