@@ -85,3 +85,59 @@ def test_every_pause_ends_with_no_lease_held_on_the_adversarial_site(r, code, re
         assert list(r.scan_iter(match=keys.leases_pattern(code))) == []
     finally:
         site.stop()
+
+
+# -- the two rules, driven directly (no reactor, no engine) ------------------------------------------
+
+
+def _scheduler(r, code, paused=False):
+    from types import SimpleNamespace
+
+    from scrapy import Spider
+    from scrapy.utils.request import RequestFingerprinter
+
+    from crawler.scheduler import RedisScheduler
+
+    engine = SimpleNamespace(downloader=SimpleNamespace(total_concurrency=16, active=set()), paused=paused,
+                             spider=None, _slot=SimpleNamespace(inprogress=set()))
+    sched = RedisScheduler(r, code, "w1", fingerprinter=RequestFingerprinter(),
+                           crawler=SimpleNamespace(engine=engine), pop_batch=8, idle_poll=0)
+    sched.schedule_flush = lambda: None  # no reactor here: the test calls flush() itself
+    sched.open(type("S", (Spider,), {"name": "s"})())
+    return sched, engine
+
+
+def test_requests_popped_but_not_started_go_back_to_the_queue(r, code):
+    state.seed(r, code, [f"http://127.0.0.1:9/p{i}" for i in range(5)])
+    sched, _engine = _scheduler(r, code, paused=True)
+    assert sched._pop(8) == 5
+    assert r.hlen(keys.leases(code, "w1")) == 5 and r.zcard(keys.queue(code)) == 0
+    assert sched.return_unstarted() == 5
+    sched.channel.wait()
+    assert r.hlen(keys.leases(code, "w1")) == 0
+    assert r.zcard(keys.queue(code)) == 5
+    assert state.read_counters(r, code)["in_flight"] == 0
+    assert len(sched.tracker) == 0 and not sched.has_pending_requests()
+    assert sched.return_unstarted() == 0  # nothing left: nothing sent
+    # the same requests, in the same order, for whoever pops next
+    again, _ = _scheduler(r, code)
+    assert again._pop(8) == 5
+    assert [rq.url for rq in again._ready] == [f"http://127.0.0.1:9/p{i}" for i in range(5)]
+
+
+def test_started_leases_are_released_once_their_request_left_the_engine(r, code):
+    state.seed(r, code, [f"http://127.0.0.1:9/p{i}" for i in range(3)])
+    sched, engine = _scheduler(r, code)
+    assert sched._pop(8) == 3
+    first, second = sched.next_request(), sched.next_request()  # started; the third is not
+    engine._slot.inprogress.update({first, second})
+    assert sched.sweep() == 0  # both still in the engine
+    engine._slot.inprogress.discard(second)  # e.g. its errback and all it yielded are done
+    assert sched.sweep() == 1
+    sched.flush()
+    assert r.hlen(keys.leases(code, "w1")) == 2  # the first (in progress), the third (not started)
+    assert sched.sweep() == 0  # never a request not started
+    engine._slot.inprogress.clear()
+    assert sched.sweep() == 1
+    sched.flush()
+    assert r.hlen(keys.leases(code, "w1")) == 1
