@@ -3,7 +3,8 @@ working on.
 
 The ``lifecycle`` demo site answers slowly (150 ms a page) and has every path a lease can take:
 404s, 500s that are retried (and pages that fail once, then answer), a chain of two redirects,
-links robots.txt disallows, a page that times out (DOWNLOAD_TIMEOUT 1 s, retried), duplicate
+links robots.txt disallows, a page that times out (DOWNLOAD_TIMEOUT 3 s, retried; not less: Scrapy reads a
+robots.txt that failed to download, a timeout on a loaded machine, as "allow all"), duplicate
 and offsite links. Two real worker processes with 16 concurrent requests each are paused at
 random moments; each pause must reach ``paused`` on both workers with nothing leased, and the
 crawl still ends with every expected item exactly once.
@@ -22,7 +23,7 @@ from demosite.server import PRIVATE_PREFIX, start_site
 from helpers import conduct, start_worker, stream_items
 
 PAGE_MS = 150
-SETTINGS = {"CONCURRENT_REQUESTS": 16, "CONCURRENT_REQUESTS_PER_DOMAIN": 16, "DOWNLOAD_TIMEOUT": 1,
+SETTINGS = {"CONCURRENT_REQUESTS": 16, "CONCURRENT_REQUESTS_PER_DOMAIN": 16, "DOWNLOAD_TIMEOUT": 3,
             "RETRY_TIMES": 2}
 PAUSE_BOUND = 20.0  # seconds; a hung pause waits forever
 
