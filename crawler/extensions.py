@@ -5,8 +5,10 @@
   10 s), adds this worker's new counts to the crawl-wide ``stats`` (pages, errors, status:NNN,
   items_too_large).
 * :class:`Control` - every ``CRAWLSITE_CONTROL_INTERVAL`` (0.25 s) reads ``control`` and applies it:
-  ``run`` (unpause), ``pause`` (``engine.pause()``: downloads in flight finish, nothing new starts;
-  state ``pausing`` until nothing is in flight, then ``paused``), ``stop`` (pause, let in-flight
+  ``run`` (unpause), ``pause`` (``engine.pause()``: downloads in flight finish, nothing new starts,
+  requests popped but not started go back to the queue; state ``pausing`` until nothing is in
+  flight and no lease is held, then ``paused``, checked every ``CRAWLSITE_PAUSE_CHECK`` (0.05 s)
+  while pausing and written to ``workers`` at once), ``stop`` (pause, let in-flight
   work finish, close the spider with reason ``stopped``; leases not finished go back to the queue,
   queue and dedupe stay), ``finish`` (close with reason ``finished`` once idle). While control is
   ``run`` or ``pause`` the spider never closes by itself (DontCloseSpider on ``spider_idle``): the
@@ -58,7 +60,8 @@ class Control:
     """Applies the crawl's ``control`` key to this worker's engine."""
 
     def __init__(self, redis: redis.Redis, code: str, *, crawler: Crawler | None = None,
-                 interval: float = 0.25, stop_timeout: float = 30.0, worker: str | None = None):
+                 interval: float = 0.25, stop_timeout: float = 30.0, worker: str | None = None,
+                 pause_check: float = 0.05):
         self.redis = redis
         self.code = keys.validate_code(code)
         self.worker = keys.validate_worker(worker) if worker else None
@@ -70,6 +73,8 @@ class Control:
         self.closing = False
         self._stop_started: float | None = None
         self._loop: task.LoopingCall | None = None
+        self.pause_check = pause_check
+        self._pause_call: Any = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Control:
@@ -79,7 +84,8 @@ class Control:
         ext = cls(get_redis(s.get("CRAWLSITE_REDIS_URL")), s["CRAWLSITE_CRAWL"], crawler=crawler,
                   interval=s.getfloat("CRAWLSITE_CONTROL_INTERVAL", 0.25),
                   stop_timeout=s.getfloat("CRAWLSITE_STOP_TIMEOUT", 30.0),
-                  worker=s.get("CRAWLSITE_WORKER") or None)
+                  worker=s.get("CRAWLSITE_WORKER") or None,
+                  pause_check=s.getfloat("CRAWLSITE_PAUSE_CHECK", 0.05))
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(ext.spider_idle, signal=signals.spider_idle)
@@ -93,6 +99,8 @@ class Control:
     def spider_closed(self, spider: Any, reason: str) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._pause_call is not None and self._pause_call.active():
+            self._pause_call.cancel()
 
     def spider_idle(self, spider: Any) -> None:
         if self.control not in ("finish", "stop"):
@@ -146,7 +154,8 @@ class Control:
             if not engine.paused:
                 logger.info("Pausing")
                 engine.pause()
-            self.state = "pausing" if _in_flight(self.crawler) else "paused"
+            if self._pause_call is None or not self._pause_call.active():
+                self._check_pause()
         elif value == "stop":
             if self._stop_started is None:
                 self._stop_started = time.monotonic()
@@ -168,8 +177,43 @@ class Control:
             leases = len(getattr(sched, "tracker", ())) if sched is not None else 0
             self.state = "running" if (leases or not self._idle()) else "idle"
 
+    def _holds_leases(self) -> bool:
+        sched = self._scheduler()
+        return bool(len(getattr(sched, "tracker", ()))) if sched is not None else False
+
+    def _check_pause(self) -> None:
+        """Paused once nothing is in flight and no lease is held; until then, look again every
+        ``pause_check`` seconds, and tell the dashboard the moment the worker is paused."""
+        self._pause_call = None
+        engine = self.engine
+        if engine is None or self.closing or self.control != "pause" or not engine.paused:
+            return
+        sched = self._scheduler()
+        if hasattr(sched, "return_unstarted"):
+            sched.return_unstarted()  # popped, not started: back to the queue
+            if _in_flight(self.crawler) == 0 and self._holds_leases():
+                sched.sweep()  # nothing in progress: the leases left are finished
+        before = self.state
+        self.state = "pausing" if (_in_flight(self.crawler) or self._holds_leases()) else "paused"
+        if self.state == "pausing":
+            from twisted.internet import reactor  # imported here: importing it installs one
+
+            self._pause_call = reactor.callLater(self.pause_check, self._check_pause)
+        elif before != "paused":
+            logger.info("Paused")
+            self._report()
+
+    def _report(self) -> None:
+        """Write this worker's state now rather than at the next stats tick."""
+        for ext in getattr(getattr(self.crawler, "extensions", None), "middlewares", ()):
+            if isinstance(ext, WorkerStats) and ext.state not in ("finished", "failed"):
+                ext.tick()
+
     def _resume(self) -> None:
         logger.info("Resuming")
+        if self._pause_call is not None and self._pause_call.active():
+            self._pause_call.cancel()
+        self._pause_call = None
         self.engine.unpause()
         sched = self._scheduler()
         if hasattr(sched, "wake"):

@@ -13,9 +13,18 @@ only once everything it produced is in Redis:
   the outermost downloader middleware): at once, nothing else comes of it;
 * a redirect or retry (a downloader middleware returned a new request, which carries the lease in
   its meta): when the new request reaches the scheduler;
-* anything else (an errback, an exception in a middleware, a request that a ``request_scheduled``
-  signal handler dropped before it reached the scheduler): when the worker is idle, i.e. when the
-  downloader and the scraper have nothing in progress, every lease still held is finished.
+* anything else (an errback, a custom spider's errback too; an exception in a callback or a
+  middleware; a request that a ``request_scheduled`` signal handler dropped before it reached the
+  scheduler): when the request has left Scrapy's engine. The engine holds every request it
+  started in its slot (``inprogress``) until the download, the callback or errback, and all of
+  their output (requests scheduled, items through the item pipelines) are done; the scheduler's
+  tick (every ``CRAWLSITE_IDLE_POLL``) releases the started leases whose request is no longer
+  there (:meth:`LeaseTracker.sweep`). That rule alone would be enough; the events above release
+  sooner.
+
+A request leased but not started (popped into the scheduler's ready queue while the engine is
+paused, or when a pop's reply lands after a pause) is never released: it goes back to the queue
+(:meth:`crawler.scheduler.RedisScheduler.return_unstarted`), so a paused worker holds no lease.
 
 Releases are batched by the scheduler with its pending enqueues and the pipeline's buffered items,
 in one pipelined round trip, releases last: a request or an item buffered (not yet written) is
@@ -42,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 class Lease:
     __slots__ = ("released_in", "id", "request", "response", "fingerprint", "state", "pending", "callback_done",
-                 "item_ids", "next_index")
+                 "item_ids", "next_index", "started")
 
     def __init__(self, lease_id: str, request: Request, fingerprint: str):
         self.id = lease_id
@@ -54,6 +63,7 @@ class Lease:
         self.callback_done = False
         self.item_ids: list[int] = []
         self.next_index = 0
+        self.started = False  # handed to the engine (else: popped, waiting in the ready queue)
 
 
 class LeaseTracker:
@@ -111,11 +121,27 @@ class LeaseTracker:
         if lease.callback_done and lease.pending <= 0:
             self.done(lease)
 
-    def forget(self, request: Request) -> None:
-        """Stop tracking a request that was leased but never started (it goes back to the queue)."""
+    def forget(self, request: Request) -> Lease | None:
+        """Stop tracking a request that was leased but never started (it goes back to the queue);
+        return its lease."""
         lease = self.by_request.pop(request, None)
         if lease is not None:
             self.leases.pop(lease.id, None)
+        return lease
+
+    def start(self, request: Request) -> None:
+        """The request leaves the ready queue for the engine."""
+        lease = self.by_request.get(request)
+        if lease is not None:
+            lease.started = True
+
+    def sweep(self, in_progress: Any) -> int:
+        """Release every started lease whose request is not ``in_progress`` any more (the engine
+        is done with it and with everything it produced); return how many."""
+        over = [lease for lease in self.leases.values() if lease.started and lease.request not in in_progress]
+        for lease in over:
+            self.done(lease)
+        return len(over)
 
     def finish_all(self) -> int:
         """Every lease is finished (the worker is idle): release them all."""

@@ -162,6 +162,11 @@ class RequestQueue:
             return 0
         return int(scripts.run(self.redis, [self.release_call(lease_ids)])[0])
 
+    def return_call(self, lease_ids: list[str]) -> scripts.Call:
+        """Put the requests of these leases of this worker back in the queue: a call for
+        ``scripts.run`` or a channel (running it twice puts them back once)."""
+        return scripts.RETURN_LEASES.call([self.leases_key, self.queue_key, self.stats_key], list(lease_ids))
+
     def return_leases(self, worker: str | None = None) -> int:
         """Put every request leased by ``worker`` (default: this one) back in the queue."""
         return return_leases(self.redis, self.code, worker or self.worker)

@@ -12,7 +12,10 @@
   free slots for, so that every request popped starts at once (Scrapy's engine keeps asking while
   it has free slots) and no worker hoards work another could do; ``max_pages`` is enforced by the
   pop script. A lease is released when its request is finished (:mod:`crawler.middlewares`); the
-  leases of requests popped but not started (engine paused) go back to the queue on close.
+  tick also releases every started lease whose request has left the engine (``sweep``).
+* Pause: requests popped but not started go back to the queue at once
+  (:meth:`RedisScheduler.return_unstarted`, called by the Control extension when it pauses the
+  engine, and by a pop whose reply lands on a paused engine); so do those left on close.
 * No waiting for Redis under the reactor: writes and pops go on the scheduler's own connection
   (:class:`crawler.scripts.Channel`), and their replies are read when they arrive, so the worker
   goes on parsing while Redis works.
@@ -195,12 +198,44 @@ class RedisScheduler(BaseScheduler):
                 self._starved = self._pop(self._free_slots()) == 0
             else:  # the reply hands what it got to the engine (see wake())
                 self._pop_soon(self._free_slots())
-        return self._ready.popleft() if self._ready else None
+        if not self._ready:
+            return None
+        request = self._ready.popleft()
+        self.tracker.start(request)
+        return request
+
+    def return_unstarted(self) -> int:
+        """Put the requests popped but not started (the ready queue) back in the crawl's queue:
+        a paused worker holds no lease it is not working on. Returns how many; the return is sent
+        after the writes already sent, without waiting (it may run twice: the second finds
+        nothing)."""
+        if not self._ready:
+            return 0
+        ids = []
+        for request in self._ready:
+            lease = self.tracker.forget(request)
+            if lease is not None:
+                ids.append(lease.id)
+        self._ready.clear()
+        if ids:
+            self.channel.send([self.queue.return_call(ids)], self._returned, resend=True)
+            self._inc("crawlsite/leases_returned_unstarted", len(ids))
+        return len(ids)
+
+    def _returned(self, result: Any) -> None:
+        if isinstance(result, Exception):
+            logger.error("Returning unstarted requests to the queue failed: %s", result)
+        if self._has_writes():  # writes buffered while this was in flight
+            self.schedule_flush()
+
+    def _engine_paused(self) -> bool:
+        engine = getattr(self.crawler, "engine", None)
+        return bool(engine is not None and engine.paused)
 
     def wake(self) -> None:
         """Make a sleeping engine ask for requests now (after a resume)."""
         engine = getattr(self.crawler, "engine", None)
-        if engine is None or engine.spider is None:
+        if engine is None or engine.spider is None or engine.paused:
             return
         if self._ready:
             request = self._ready.popleft()
@@ -248,7 +283,9 @@ class RedisScheduler(BaseScheduler):
             self._starved = True  # the next tick tries again
         else:
             self._starved = self._lease(result[-1]) == 0
-            if not self._starved and not self._closing:
+            if self._engine_paused() and not self._closing:
+                self.return_unstarted()  # the pause came while the pop was on its way
+            elif not self._starved and not self._closing:
                 self.wake()
         if self._has_writes():
             self.schedule_flush()
@@ -383,15 +420,31 @@ class RedisScheduler(BaseScheduler):
         self._losses_seen = losses
         return returned
 
-    def _engine_idle(self) -> bool:
+    def sweep(self) -> int:
+        """Release the started leases whose request has left the engine: the engine keeps every
+        request it started in its slot until the download, the callback or errback and all of
+        their output are done, so what is not there any more is finished, whichever way it went
+        (errbacks, exceptions, requests dropped by a middleware or a signal handler)."""
         engine = getattr(self.crawler, "engine", None)
-        if engine is None or engine.scraper.slot is None:
-            return False
-        return not engine.downloader.active and engine.scraper.slot.is_idle() and not self._ready
+        slot = getattr(engine, "_slot", None)  # Scrapy's engine slot (pinned version)
+        in_progress = getattr(slot, "inprogress", None)
+        if in_progress is None:
+            return 0
+        released = self.tracker.sweep(in_progress)
+        if released:
+            self._inc("crawlsite/leases_released_sweep", released)
+        return released
 
     def _tick(self) -> None:
         try:
             self.channel.retry()  # writes a lost connection left unsent
+            if self.channel.due:
+                # replies the reactor has not handed over (a safety net, without waiting): read
+                # what has arrived, so that a pop or write in flight cannot stay pending forever
+                due = len(self.channel.due)
+                self.channel.poll()
+                if len(self.channel.due) < due:
+                    self._inc("crawlsite/replies_read_by_tick", due - len(self.channel.due))
             if self.channel.losses != self._losses_seen and not self.channel.busy and not self._popping:
                 self.return_unknown_leases()
             if self._has_writes():  # normally scheduled already: a safety net, without waiting
@@ -399,11 +452,10 @@ class RedisScheduler(BaseScheduler):
             engine = getattr(self.crawler, "engine", None)
             if engine is None or engine.spider is None:
                 return
-            if self._engine_idle() and len(self.tracker):
-                # nothing in progress: every lease held is finished (errbacks, middleware errors)
-                released = self.tracker.finish_all()
-                self._inc("crawlsite/leases_released_idle", released)
-                self.flush()
+            if len(self.tracker):
+                self.sweep()  # releases are sent when control returns to the reactor
+            if engine.paused and self._ready and not self._waking:
+                self.return_unstarted()  # a safety net: Control and the pop reply do it already
             if self._starved and not engine.paused and not self._ready and not self._waking:
                 self._pop_soon(self._free_slots())  # its reply wakes the engine
         except Exception:

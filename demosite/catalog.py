@@ -23,12 +23,17 @@ class Profile:
     products_per_category: int
     per_page: int
     traps: bool  # test-only pages: redirects, 404/500, calendar trap, pdf, malformed, slow, ...
+    # on top of the traps: robots.txt disallows linked /private/ pages, /old/ redirects twice,
+    # some product pages answer 500 on their first fetch (a retry gets them); see README.md
+    adversarial: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     "demo": Profile("demo", categories=5, products_per_category=12, per_page=8, traps=False),
     "test": Profile("test", categories=8, products_per_category=25, per_page=6, traps=True),
     "bench": Profile("bench", categories=20, products_per_category=110, per_page=20, traps=False),
+    "lifecycle": Profile("lifecycle", categories=4, products_per_category=30, per_page=5, traps=True,
+                         adversarial=True),
 }
 
 DEFAULT_SEED = 1

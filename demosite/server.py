@@ -40,6 +40,16 @@ PDF_BYTES = (
     b"trailer<</Root 1 0 R>>\n%%EOF\n"
 )
 ROBOTS = b"User-agent: *\nAllow: /\n"
+ROBOTS_ADVERSARIAL = b"User-agent: *\nDisallow: /private/\n"
+PRIVATE_PREFIX = "/private/"  # adversarial profile: linked from every product page, disallowed by robots.txt
+
+
+def is_flaky(sku: str) -> bool:
+    """Adversarial profile: the product pages that answer 500 on their first fetch."""
+    try:
+        return int(sku.rsplit("-", 1)[1]) % 4 == 2
+    except (IndexError, ValueError):
+        return False
 
 _e = html.escape
 _CAL_RE = re.compile(r"^(\d{4})-(\d{2})$")
@@ -68,6 +78,7 @@ class _Renderer:
     def __init__(self, catalog: Catalog, port: int):
         self.c = catalog
         self.traps = catalog.profile.traps
+        self.adversarial = catalog.profile.adversarial
         self.port = port
         self.render = lru_cache(maxsize=16384)(self._render)
         self.hidden = Product(HIDDEN_SKU, "Hidden Calendar Gadget", "1.00", catalog.categories[0].slug,
@@ -106,7 +117,7 @@ class _Renderer:
         if path == "/":
             return 200, self.home(base), "text/html; charset=utf-8", (), True
         if path == "/robots.txt":
-            return 200, ROBOTS, "text/plain; charset=utf-8", (), False
+            return 200, ROBOTS_ADVERSARIAL if self.adversarial else ROBOTS, "text/plain; charset=utf-8", (), False
         parts = path.strip("/").split("/")
         if path.endswith("/") and len(parts) == 2:
             kind, arg = parts
@@ -117,8 +128,15 @@ class _Renderer:
                 if p is not None:
                     return 200, self.product(base, p), "text/html; charset=utf-8", (), True
             if self.traps and kind == "old" and arg in self.c.by_sku:
-                raise _Response(301, _page("Moved", f'<p>Moved to <a href="/product/{arg}/">here</a>.</p>'),
-                                headers=(("Location", f"{base}/product/{arg}/"),))
+                # adversarial: a chain of two redirects, /old/ -> /moved/ -> /product/
+                target = f"/moved/{arg}/" if self.adversarial else f"/product/{arg}/"
+                raise _Response(301, _page("Moved", f'<p>Moved to <a href="{target}">here</a>.</p>'),
+                                headers=(("Location", f"{base}{target}"),))
+            if self.adversarial and kind == "moved" and arg in self.c.by_sku:
+                raise _Response(302, _page("Moved", f'<p>Moved to <a href="/product/{arg}/">here</a>.</p>'),
+                                headers=(("Location", f"/product/{arg}/"),))
+            if self.adversarial and kind == "private" and arg in self.c.by_sku:
+                return 200, _page("Private", "<p>Robots may not read this.</p>"), "text/html; charset=utf-8", (), True
             if self.traps and kind == "calendar":
                 return 200, self.calendar(arg), "text/html; charset=utf-8", (), True
         if self.traps:
@@ -199,6 +217,8 @@ class _Renderer:
             if n % 5 == 0:  # an old permalink of the next product, which redirects (301)
                 nxt = siblings[siblings.index(p) + 1] if siblings.index(p) + 1 < len(siblings) else p
                 extra = f'\n<p class="permalink"><a href="/old/{nxt.sku}/">Old link to {nxt.sku}</a></p>'
+            if self.adversarial:
+                extra += f'\n<p class="private"><a href="{PRIVATE_PREFIX}{p.sku}/">Staff notes</a></p>'
         body = (
             f"<article class=\"product\">\n<h1>{_e(p.title)}</h1>\n"
             f"<p>SKU: <span class=\"sku\">{p.sku}</span></p>\n"
@@ -250,7 +270,10 @@ class _Handler(BaseHTTPRequestHandler):
         site._record(host, self.path)
         split = urlsplit(self.path)
         path, query = split.path or "/", split.query
-        if site.catalog.profile.traps and path == "/slow/":
+        if site._fails_first_time(path):
+            status, body, ctype, headers, is_html = 500, _page("Server error", "<h1>Try again</h1>"), \
+                "text/html; charset=utf-8", (), True
+        elif site.catalog.profile.traps and path == "/slow/":
             site._stopping.wait(SLOW_SECONDS)
             status, body, ctype, headers, is_html = 200, _page("Slow", "<p>Finally.</p>"), \
                 "text/html; charset=utf-8", (), True
@@ -308,7 +331,8 @@ class _Served:
         ``slow=False`` adds ``/slow/`` to the deny rules (the test profile's 30 s page).
         """
         return recommended_definition(self.url, traps=self.catalog.profile.traps, slow=slow,
-                                      name=f"Demo shop ({self.profile})")
+                                      name=f"Demo shop ({self.profile})",
+                                      adversarial=self.catalog.profile.adversarial)
 
 
 class Site(_Served):
@@ -321,6 +345,7 @@ class Site(_Served):
         self.delay_ms = delay_ms
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str]] = []
+        self._failed_once: set[str] = set()  # adversarial profile: flaky pages that failed already
         self._stopping = threading.Event()
         self._server = _Server((host, port), _Handler)
         self._server.site = self  # type: ignore[attr-defined]
@@ -368,6 +393,19 @@ class Site(_Served):
     def _record(self, host: str, path: str) -> None:
         with self._lock:
             self._requests.append((host, path))
+
+    def _fails_first_time(self, path: str) -> bool:
+        """Adversarial profile: a flaky product page answers 500 once, then 200 (a retry gets it)."""
+        if not self.catalog.profile.adversarial or not path.startswith("/product/"):
+            return False
+        sku = path[len("/product/"):].strip("/")
+        if sku not in self.catalog.by_sku or not is_flaky(sku):
+            return False
+        with self._lock:
+            if path in self._failed_once:
+                return False
+            self._failed_once.add(path)
+            return True
 
 
 def start_site(profile: str = "test", host: str = "127.0.0.1", port: int = 0, delay_ms: int = 0,
@@ -421,11 +459,14 @@ def start_site_process(profile: str = "bench", host: str = "127.0.0.1", seed: in
     return SiteProcess(profile, host, seed)
 
 
-def recommended_definition(url: str, traps: bool = False, slow: bool = True, name: str = "Demo shop") -> dict:
+def recommended_definition(url: str, traps: bool = False, slow: bool = True, name: str = "Demo shop",
+                           adversarial: bool = False) -> dict:
     """The crawl definition of a demo site served at ``url`` (also the `make run` demo project)."""
     url = url.rstrip("/")
     if traps:
         allow = ["/category/", "/product/", "/old/", "/files/", "/broken/", "/malformed/", "/slow/"]
+        if adversarial:  # followed by the rules: only robots.txt keeps the crawl out of /private/
+            allow += ["/moved/", PRIVATE_PREFIX]
     else:
         allow = ["/category/", "/product/"]
     deny = ["/calendar/"] + ([] if slow else ["/slow/"])

@@ -385,4 +385,4 @@ def test_cli_starts_and_stops_cleanly(sig):
 
 
 def test_profiles_table():
-    assert set(PROFILES) == {"demo", "test", "bench"}
+    assert set(PROFILES) == {"demo", "test", "bench", "lifecycle"}

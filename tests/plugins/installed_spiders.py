@@ -13,6 +13,7 @@ TEST_SPIDERS = {
     "shop": "tests.crawler.custom_spiders.ShopSpider",
     "not-a-spider": "tests.crawler.custom_spiders.NotASpider",
     "stuck": "tests.crawler.custom_spiders.StuckSpider",
+    "errback-shop": "tests.crawler.custom_spiders.ErrbackShopSpider",
 }
 
 
