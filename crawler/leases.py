@@ -8,14 +8,13 @@ import time
 from typing import TYPE_CHECKING
 
 from . import keys
+from .counters import DONE_STATES as TERMINAL_STATES
 from .queue import return_leases
 
 if TYPE_CHECKING:
     import redis
 
 logger = logging.getLogger(__name__)
-
-TERMINAL_STATES = ("finished", "failed", "dead")
 
 
 def _worker_of(code: str, leases_key: str) -> str:
@@ -54,4 +53,31 @@ def reap(redis: redis.Redis, code: str) -> int:
             redis.hset(keys.workers(code), worker, json.dumps(state))
         if returned:
             logger.warning("Crawl %s: worker %s stopped heartbeating; %d requests put back", code, worker, returned)
+    return total
+
+
+def force_release(redis: redis.Redis, code: str, message: str) -> int:
+    """Put every worker's leased requests of ``code`` back in the queue and mark each worker that
+    has not ended ``gone`` (a force stop: the crawl stops now, whatever its workers do).
+
+    Returns the number of requests put back. Queue and dedupe are kept, so a resume carries on.
+    """
+    workers = redis.hgetall(keys.workers(code))
+    candidates = set(workers)
+    for key in redis.scan_iter(match=keys.leases_pattern(code), count=1000):
+        candidates.add(_worker_of(code, key if isinstance(key, str) else key.decode()))
+    total = 0
+    now = time.time()
+    for worker in sorted(candidates):
+        total += return_leases(redis, code, worker)
+        raw = workers.get(worker)
+        try:
+            state = json.loads(raw) if raw else {"worker": worker}
+        except ValueError:
+            state = {"worker": worker}
+        if state.get("state") not in TERMINAL_STATES:
+            state.update(state="gone", in_flight=0, leases=0, message=message, updated_at=now)
+            redis.hset(keys.workers(code), worker, json.dumps(state))
+    if total:
+        logger.warning("Crawl %s force-stopped: %d requests put back in the queue", code, total)
     return total

@@ -40,6 +40,7 @@ HTTP_TABLE = [
     ("POST", "/crawls/{crawl}/resume", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{crawl}/cancel", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{running}/scale", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/crawls/{stopping}/force-stop", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/{item}.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/export?format=jsonl", LOGIN, NOT_FOUND, OK, NOT_FOUND),
@@ -60,6 +61,7 @@ HTTP_TABLE = [
     ("POST", "/api/crawls/{crawl}/resume", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{crawl}/cancel", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{running}/scale", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{stopping}/force-stop", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/items", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=json", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
 ]
@@ -74,13 +76,15 @@ def world(db, owner, outsider, staff):
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.STOPPED)
     running = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING, workers=1)
     finished = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
+    stopping = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.STOPPING)
     item = Item.objects.create(crawl=crawl, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     Item.objects.create(crawl=finished, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     staff.is_superuser = True
     staff.save()
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
-        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key},
+        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key,
+                "stopping": stopping.code},
     }
 
 
