@@ -169,8 +169,8 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|item)\}", "{}", path)
-    for action in ("pause", "resume", "stop", "cancel", "scale"):
+    path = re.sub(r"\{(project|spare|crawl|running|stopping|item)\}", "{}", path)
+    for action in ("pause", "resume", "stop", "force-stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path
 
