@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from . import keys
 from .counters import DONE_STATES as TERMINAL_STATES
@@ -24,30 +24,58 @@ def _worker_of(code: str, leases_key: str) -> str:
 def reap(redis: redis.Redis, code: str) -> int:
     """Return the leases of every worker of ``code`` whose ``hb:`` key expired; mark them ``dead``.
 
-    Returns the number of requests put back in the queue. Called by the dashboard's conductor.
+    Returns the number of requests put back in the queue. The dashboard's conductor checks many
+    crawls at once with :func:`expired` and :func:`reap_workers`; this is the one-crawl form.
     """
-    workers = redis.hgetall(keys.workers(code))
-    candidates = set(workers)
+    raw = redis.hgetall(keys.workers(code))
+    candidates = set(raw)
     for key in redis.scan_iter(match=keys.leases_pattern(code), count=1000):
         candidates.add(_worker_of(code, key if isinstance(key, str) else key.decode()))
-    candidates = sorted(candidates)
     if not candidates:
         return 0
+    states = {w: _parsed(w, v) for w, v in raw.items()}
+    dead = [w for w, held in expired(redis, {code: candidates})[code] if held or w in states]
+    return reap_workers(redis, code, dead, states)
+
+
+def _parsed(worker: str, raw: str | None) -> dict:
+    try:
+        state = json.loads(raw) if raw else None
+    except ValueError:
+        state = None
+    return state if isinstance(state, dict) else {"worker": worker}
+
+
+def expired(redis: redis.Redis, candidates: dict[str, Iterable[str]]) -> dict[str, list[tuple[str, int]]]:
+    """For each crawl code, the candidate workers whose heartbeat expired, with the number of
+    requests each still leases: ``{code: [(worker, leased), ...]}``. One round trip for the
+    heartbeats of all, and one more only when some expired."""
+    order = [(code, w) for code, workers in candidates.items() for w in sorted(workers)]
+    found: dict[str, list[tuple[str, int]]] = {code: [] for code in candidates}
+    if not order:
+        return found
     pipe = redis.pipeline(transaction=False)
-    for worker in candidates:
+    for code, worker in order:
         pipe.exists(keys.heartbeat(code, worker))
-    alive = pipe.execute()
+    gone = [pair for pair, alive in zip(order, pipe.execute()) if not alive]
+    if not gone:
+        return found
+    pipe = redis.pipeline(transaction=False)
+    for code, worker in gone:
+        pipe.hlen(keys.leases(code, worker))
+    for (code, worker), leased in zip(gone, pipe.execute()):
+        found[code].append((worker, int(leased)))
+    return found
+
+
+def reap_workers(redis: redis.Redis, code: str, workers: Iterable[str], states: dict[str, dict]) -> int:
+    """Put the leases of ``workers`` (whose heartbeat expired) back in the queue and mark those
+    that had not ended ``dead``. ``states`` are the parsed worker states of the crawl."""
     total = 0
-    for worker, is_alive in zip(candidates, alive):
-        if is_alive:
-            continue
+    for worker in workers:
         returned = return_leases(redis, code, worker)
         total += returned
-        raw = workers.get(worker)
-        try:
-            state = json.loads(raw) if raw else {"worker": worker}
-        except ValueError:
-            state = {"worker": worker}
+        state = dict(states.get(worker) or {"worker": worker})
         if state.get("state") not in TERMINAL_STATES:
             state.update(state="dead", in_flight=0, updated_at=time.time())
             redis.hset(keys.workers(code), worker, json.dumps(state))

@@ -55,6 +55,7 @@ class Conductor:
         self.idle_since = {}  # crawl code -> monotonic time its work ran out
         self.progress = {}  # crawl code -> (progress signature, monotonic time it last changed)
         self.live = live.Publisher(self.redis)
+        self.seen = set()  # crawls whose unacked items this conductor has recovered
 
     def hold_lock(self):
         """Acquire or renew the lock; return whether this process is the active conductor."""
@@ -79,18 +80,28 @@ class Conductor:
             self.active = False
 
     def tick(self):
-        """One pass over every active crawl: observe, apply, publish."""
+        """One pass over every active crawl: read them all, then observe, apply and publish each.
+
+        Reads are batched across crawls (one round trip for every item stream, one database
+        transaction for the items, one round trip for every crawl's counters, one for every
+        worker's heartbeat), so a tick costs a handful of round trips whatever the number of crawls.
+        """
         crawls = list(Crawl.objects.active().select_related("project"))
-        for crawl in crawls:
+        watched = [crawl for crawl in crawls if crawl.status != Crawl.PENDING]  # pending: launch under way
+        items = ingest.drain_many(self.redis, watched, recover={c.code for c in watched} - self.seen)
+        self.seen = {c.code for c in watched}
+        readings = self.read(watched)
+        observations = []
+        for crawl in watched:
             try:
-                observation = self.observe(crawl)
-                if observation is not None:
-                    self.apply(observation)
-                    self.publish(observation)
+                observation = self.observe(crawl, readings[crawl.code], items[crawl.code])
+                self.apply(observation)
+                observations.append(observation)
             except RedisError:
                 raise
             except Exception:
                 log.exception("conductor: crawl %s", crawl.code)
+        self.publish(observations)
         try:
             self.live.publish_overview()
         except Exception:
@@ -102,6 +113,35 @@ class Conductor:
         self.progress = {code: p for code, p in self.progress.items() if code in active}
         self.live.forget(active)
 
+    def read(self, crawls):
+        """Counters of every crawl (one round trip), after reaping the workers whose heartbeat
+        expired (one round trip to check them all; a reaped crawl is read again)."""
+        if not crawls:
+            return {}
+        readings = self._read_counters(crawls)
+        candidates = {c.code: set(readings[c.code]["workers"]) | set(jobs.worker_ids(c.launched_workers))
+                      for c in crawls}
+        reaped = []
+        expired = leases.expired(self.redis, candidates)
+        for crawl in crawls:
+            states = readings[crawl.code]["workers"]
+            dead = [w for w, held in expired[crawl.code]
+                    if held or (w in states and states[w].get("state") not in DONE_STATES)]
+            if dead:
+                leases.reap_workers(self.redis, crawl.code, dead, states)
+                reaped.append(crawl)
+        if reaped:
+            readings.update(self._read_counters(reaped))
+        return readings
+
+    def _read_counters(self, crawls):
+        pipe = self.redis.pipeline(transaction=False)
+        for crawl in crawls:
+            state.queue_counter_reads(pipe, crawl.code)
+        replies = pipe.execute()
+        n = state.COUNTER_READS
+        return {crawl.code: state.parse_counters(replies[i * n:(i + 1) * n]) for i, crawl in enumerate(crawls)}
+
     def sweep_cancelled(self):
         """A worker still closing when its crawl was cancelled may write its last state after the
         purge: delete such leftovers of recently cancelled crawls."""
@@ -112,13 +152,15 @@ class Conductor:
 
     # -- observe: read Redis, decide; nothing is written to the crawl's row -------------------------
 
-    def observe(self, crawl):
+    def observe(self, crawl, counters=None, items=None):
+        """What ``crawl`` looks like in Redis, and the observed action it calls for. Without
+        ``counters`` (read by :meth:`read`), this crawl is drained, reaped and read alone."""
         if crawl.status == Crawl.PENDING:
             return None  # its launch is under way (after commit)
-        items = ingest.drain(self.redis, crawl)
-        leases.reap(self.redis, crawl.code)
-        counters = state.read_counters(self.redis, crawl.code)
-        observation = Observation(crawl, counters, items)
+        if counters is None:
+            items = ingest.drain(self.redis, crawl)
+            counters = self.read([crawl])[crawl.code]
+        observation = Observation(crawl, counters, items or [])
         decide = {
             Crawl.RUNNING: self.decide_running,
             Crawl.FINISHING: self.decide_finishing,
@@ -257,13 +299,14 @@ class Conductor:
                      crawl.status)
         return changed
 
-    def publish(self, o):
-        """One live update to the crawl's browsers (dashboard/live.py); never breaks the tick."""
+    def publish(self, observations):
+        """One live update per crawl to its browsers (dashboard/live.py); never breaks the tick."""
         try:
-            live.add_detail(self.redis, o.crawl, o.counters)
-            self.live.publish(o.crawl, o.counters, o.items)
+            for o in observations:
+                live.add_detail(self.redis, o.crawl, o.counters)
+            self.live.publish_many([(o.crawl, o.counters, o.items) for o in observations])
         except Exception:
-            log.exception("conductor: live update of crawl %s", o.crawl.code)
+            log.exception("conductor: live updates")
 
     def run(self, should_stop, max_ticks=None):
         ticks = 0

@@ -13,6 +13,7 @@ the database when a page connects; it never polls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from channels.layers import get_channel_layer
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
+from django.urls import reverse
 
 from crawler import keys, state
 from crawler.counters import COUNTERS, DONE_STATES, SERIES, no_rates
@@ -46,6 +48,8 @@ SERIES_INTERVAL = 1.0
 SERIES_CAP = 1200
 # Rates are measured over this window (seconds) of counter reads.
 RATE_WINDOW = 5.0
+# Channel-layer sends in flight at once (a tick sends one update per active crawl).
+SEND_CONCURRENCY = 32
 # Scraped strings longer than this are cut in live messages (the item browser shows them whole).
 CLIP = 300
 SERIES_FIELDS = list(SERIES)
@@ -95,7 +99,14 @@ class Broadcaster:
             return
 
         async def send_all():
-            results = await asyncio.gather(*(layer.group_send(g, m) for g, m in messages), return_exceptions=True)
+            # At most SEND_CONCURRENCY sends at once: channels-redis's connection pool is finite.
+            limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+            async def send_one(group, message):
+                async with limit:
+                    await layer.group_send(group, message)
+
+            results = await asyncio.gather(*(send_one(g, m) for g, m in messages), return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
                     raise result
@@ -266,74 +277,93 @@ class Publisher:
 
         Returns the message sent (tests and the overview use it).
         """
-        code = crawl.code
+        return self.publish_many([(crawl, counters, new_items)], stored=stored)[0]
+
+    def publish_many(self, entries, stored=None):
+        """:meth:`publish` for many crawls: ``entries`` are ``(crawl, counters, new_items)``.
+
+        Costs two pipelined round trips (three when a series is thinned) and one batch of
+        channel-layer sends, whatever the number of crawls or of open pages.
+        """
+        if not entries:
+            return []
         now = self.clock()
-        rates = self.meter.update(code, counters.get("pages", 0), counters.get("items", 0))
-        live_key = keys.live(code)
-        log_from = self.log_cursor.get(code)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(live_key, "seq", 1)
-        pipe.hmget(live_key, "interval", "last_point")
-        pipe.hset(live_key, "rates", json.dumps({**rates, "at": now}))
-        if log_from is None:
-            pipe.xrevrange(keys.log(code), count=1)
-        else:
-            pipe.xrange(keys.log(code), min="(" + log_from, count=LOG_PER_UPDATE)
-        seq, (interval, last_point), _, log_entries = pipe.execute()
-
-        new_point = None
-        interval = _float(interval) or SERIES_INTERVAL
-        last_point = _float(last_point)
-        finished = crawl.status in Crawl.TERMINAL or crawl.status == Crawl.STOPPED
-        if finished:
-            rates = no_rates()
-        if last_point is None or now - last_point >= interval or finished:
-            new_point = point(now, counters, rates)
-            self._append_point(code, new_point, interval)
-
-        lines = []
-        if log_from is None:
-            # First sight of this crawl by this conductor: the page's snapshot has older lines.
-            if log_entries:
-                self.log_cursor[code] = log_entries[0][0]
+        prepared = []
+        for crawl, counters, new_items in entries:
+            code = crawl.code
+            rates = self.meter.update(code, counters.get("pages", 0), counters.get("items", 0))
+            live_key = keys.live(code)
+            log_from = self.log_cursor.get(code)
+            pipe.hincrby(live_key, "seq", 1)
+            pipe.hmget(live_key, "interval", "last_point")
+            pipe.hset(live_key, "rates", json.dumps({**rates, "at": now}))
+            if log_from is None:
+                pipe.xrevrange(keys.log(code), count=1)
             else:
-                self.log_cursor[code] = "0-0"
-        else:
-            lines = [log_message(i, f) for i, f in log_entries]
-            if log_entries:
-                self.log_cursor[code] = log_entries[-1][0]
+                pipe.xrange(keys.log(code), min="(" + log_from, count=LOG_PER_UPDATE)
+            prepared.append((crawl, counters, new_items, rates, log_from))
+        replies = pipe.execute()
 
-        items = [item_message(i) for i in new_items[-ITEMS_PER_UPDATE:]]
-        view = crawl_view(crawl, {**counters, "rates": rates}, now=now)
-        message = {
-            "type": "crawl.update",
-            "seq": int(seq),
-            "time": now,
-            **view,
-            "items": list(reversed(items)),  # newest first
-            "items_new": len(new_items) if stored is None else stored,
-            "log": lines,
-            "point": new_point,
-        }
-        self.overview.setdefault(crawl.project.owner_id, {})[code] = overview_row(view)
-        self.broadcaster.send([(keys.group(code), encoded(message))])
-        return message
+        messages, points = [], []
+        for n, (crawl, counters, new_items, rates, log_from) in enumerate(prepared):
+            code = crawl.code
+            seq, (interval, last_point), _, log_entries = replies[4 * n:4 * n + 4]
+            new_point = None
+            interval = _float(interval) or SERIES_INTERVAL
+            last_point = _float(last_point)
+            finished = crawl.status in Crawl.TERMINAL or crawl.status == Crawl.STOPPED
+            if finished:
+                rates = no_rates()
+            if last_point is None or now - last_point >= interval or finished:
+                new_point = point(now, counters, rates)
+                points.append((code, new_point, interval))
 
-    def _append_point(self, code, new_point, interval):
-        series_key = keys.series(code)
+            lines = []
+            if log_from is None:
+                # First sight of this crawl by this conductor: the page's snapshot has older lines.
+                self.log_cursor[code] = log_entries[0][0] if log_entries else "0-0"
+            else:
+                lines = [log_message(i, f) for i, f in log_entries]
+                if log_entries:
+                    self.log_cursor[code] = log_entries[-1][0]
+
+            items = [item_message(i) for i in new_items[-ITEMS_PER_UPDATE:]]
+            view = crawl_view(crawl, {**counters, "rates": rates}, now=now)
+            message = {
+                "type": "crawl.update",
+                "seq": int(seq),
+                "time": now,
+                **view,
+                "items": list(reversed(items)),  # newest first
+                "items_new": len(new_items) if stored is None else stored,
+                "log": lines,
+                "point": new_point,
+            }
+            self.overview.setdefault(crawl.project.owner_id, {})[code] = overview_row(view)
+            messages.append(message)
+        self._append_points(points)
+        self.broadcaster.send([(keys.group(m["code"]), encoded(m)) for m in messages])
+        return messages
+
+    def _append_points(self, points):
+        if not points:
+            return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(series_key, json.dumps(new_point))
-        pipe.hset(keys.live(code), "last_point", new_point[0])
-        length, _ = pipe.execute()
-        if length >= SERIES_CAP:
-            # Thin out: keep every other point (always the newest), double the interval.
-            points = self.redis.lrange(series_key, 0, -1)
-            kept = points[::-1][::2][::-1]
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(series_key)
-            pipe.rpush(series_key, *kept)
-            pipe.hset(keys.live(code), "interval", interval * 2)
-            pipe.execute()
+        for code, new_point, _interval in points:
+            pipe.rpush(keys.series(code), json.dumps(new_point))
+            pipe.hset(keys.live(code), "last_point", new_point[0])
+        lengths = pipe.execute()[0::2]
+        for (code, _point, interval), length in zip(points, lengths):
+            if length >= SERIES_CAP:
+                # Thin out: keep every other point (always the newest), double the interval.
+                series_key = keys.series(code)
+                kept = self.redis.lrange(series_key, 0, -1)[::-1][::2][::-1]
+                thin = self.redis.pipeline(transaction=True)
+                thin.delete(series_key)
+                thin.rpush(series_key, *kept)
+                thin.hset(keys.live(code), "interval", interval * 2)
+                thin.execute()
 
     def publish_overview(self):
         """One message per user with active crawls this tick: the rows of those crawls."""
@@ -424,7 +454,7 @@ def crawl_view(crawl, reading, now=None):
         "code": crawl.code,
         "project": crawl.project_id,
         "project_name": crawl.project.name,
-        "url": crawl.get_absolute_url(),
+        "url": crawl_url(crawl.code),
         "status": crawl.status,
         "status_display": crawl.get_status_display(),
         "status_since": crawl.status_changed_at,
@@ -441,6 +471,11 @@ def crawl_view(crawl, reading, now=None):
         "started_at": crawl.started_at,
         "finished_at": crawl.finished_at,
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def crawl_url(code):
+    return reverse("dashboard:crawl-detail", args=[code])
 
 
 def with_waiting_workers(states, statuses):
