@@ -14,6 +14,7 @@ from ninja import Body, NinjaAPI, Schema, Status
 from ninja.security import HttpBearer, django_auth
 from redis.exceptions import RedisError
 
+from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
 from dashboard import engine, live
 from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, validate_definition
@@ -60,18 +61,9 @@ class LaunchIn(Schema):
     workers: int | None = None
 
 
-class Counters(Schema):
-    queued: int = 0
-    seen: int = 0
-    pages: int = 0
-    items: int = 0
-    errors: int = 0
-    in_flight: int = 0
-
-
-class Rates(Schema):
-    pages_per_s: float = 0.0
-    items_per_s: float = 0.0
+# The counter and rate names are defined once, in crawler/counters.py.
+Counters = type("Counters", (Schema,), {"__annotations__": {n: int for n in COUNTERS}, **dict.fromkeys(COUNTERS, 0)})
+Rates = type("Rates", (Schema,), {"__annotations__": {n: float for n in RATES}, **dict.fromkeys(RATES, 0.0)})
 
 
 class WorkerOut(Schema):

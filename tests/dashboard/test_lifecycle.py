@@ -404,3 +404,44 @@ def test_a_stalled_flag_is_never_set_on_a_crawl_that_left_running(owner, redis_c
     assert crawl.flag_stalled("whatever") is False
     crawl.refresh_from_db()
     assert crawl.stalled_since is None
+
+
+# -- structure: one overview query whatever the number of projects; no import cycle ---------------
+
+
+def test_the_overview_costs_the_same_queries_for_2_or_8_projects(owner, client, redis_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def overview_queries(projects):
+        for n in range(projects - Crawl.objects.values("project").distinct().count()):
+            crawl_in(owner, Crawl.RUNNING, redis_client, name=f"P{projects}-{n}")
+        client.force_login(owner)
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/").status_code == 200
+        return len(queries)
+
+    assert overview_queries(2) == overview_queries(8)
+
+
+def test_dashboard_modules_import_each_other_without_a_cycle():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "dashboard"
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dashboard"):
+                names = [f"dashboard.{a.name}" for a in node.names] if node.module == "dashboard" else [node.module]
+                deps.update(n for n in names if (root / (n.split(".")[1] + ".py")).exists())
+        graph[f"dashboard.{path.stem}"] = deps
+
+    def walk(module, seen):
+        for dep in graph.get(module, ()):
+            assert dep not in seen, f"import cycle: {' -> '.join(seen + [dep])}"
+            walk(dep, seen + [dep])
+
+    for module in graph:
+        walk(module, [module])
