@@ -218,9 +218,10 @@ class Crawl(models.Model):
     # -- the table, applied: compare-and-set -------------------------------------------------------
 
     def _apply(self, action, *, reason=None, stats=None, effects=None, **fields):
-        """Move the crawl along ``action`` if its status in the database is still one of the
-        action's sources: ``UPDATE ... WHERE status IN (...)``. Returns whether this call made the
-        change; ``effects`` (Redis, RQ) then run after commit. A row read earlier is never saved."""
+        """Move the crawl along ``action`` if its status in the database is still the one this
+        object was read with (and one of the action's sources): ``UPDATE ... WHERE status IN (...)``.
+        Returns whether this call made the change; ``effects`` (Redis, RQ) then run after commit.
+        A row read earlier is never saved."""
         act = self.LIFECYCLE[action]
         now = timezone.now()
         if act.target is not None:
@@ -233,8 +234,11 @@ class Crawl(models.Model):
             fields["reason"] = reason
         if stats is not None:
             fields["stats"] = stats
+        # From the status this decision was made on only: a resume decided on a stopped crawl
+        # (relaunch workers) must not apply to a crawl that became paused meanwhile.
+        sources = act.sources & {self.status}
         with transaction.atomic():
-            changed = Crawl.objects.filter(pk=self.pk, status__in=act.sources).update(**fields)
+            changed = Crawl.objects.filter(pk=self.pk, status__in=sources).update(**fields) if sources else 0
             if changed and effects is not None:
                 transaction.on_commit(effects)
         self.refresh_from_db(fields=["status", "status_changed_at", "reason", "stats", "started_at",

@@ -238,6 +238,18 @@ def test_without_a_user_action_the_observation_applies(owner, redis_client):
     assert crawl.status == Crawl.PAUSED
 
 
+def test_an_action_decided_on_one_status_never_applies_to_another(owner, redis_client):
+    """Resume of a stopped crawl relaunches workers; if the crawl became paused meanwhile (another
+    user's tab, crawlctl), that decision must not apply: no second set of workers."""
+    crawl = crawl_in(owner, Crawl.STOPPED, redis_client)
+    Crawl.objects.filter(pk=crawl.pk).update(status=Crawl.PAUSED)  # behind this object's back
+    with pytest.raises(InvalidTransition, match="changed meanwhile"):
+        crawl.resume()
+    crawl.refresh_from_db()
+    assert crawl.status == Crawl.PAUSED and crawl.launched_workers == 1
+    assert jobs.statuses(crawl.code, 2)["w2"] == "missing"
+
+
 # -- bounded transient states and force stop ------------------------------------------------------
 
 
