@@ -250,6 +250,18 @@ def test_an_action_decided_on_one_status_never_applies_to_another(owner, redis_c
     assert jobs.statuses(crawl.code, 2)["w2"] == "missing"
 
 
+def test_the_admin_shows_a_crawl_but_cannot_save_it_back(staff, client, owner, redis_client):
+    crawl = crawl_in(owner, Crawl.RUNNING, redis_client)
+    staff.is_superuser = True
+    staff.save()
+    client.force_login(staff)
+    url = f"/admin/dashboard/crawl/{crawl.pk}/change/"
+    assert client.get(url).status_code == 200
+    assert client.post(url, {"status": Crawl.FINISHED}).status_code == 403
+    crawl.refresh_from_db()
+    assert crawl.status == Crawl.RUNNING
+
+
 # -- bounded transient states and force stop ------------------------------------------------------
 
 
