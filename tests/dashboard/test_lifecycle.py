@@ -398,6 +398,8 @@ def test_a_crawl_with_live_workers_and_no_pages_is_flagged_stalled_then_cleared(
     client.force_login(owner)
     html = client.get(crawl.get_absolute_url()).content.decode()
     assert re.search(r'data-live="stalled"\s*>', html) and "no page finished" in html
+    overview = client.get("/").content.decode()
+    assert re.search(r'data-field="alert" title="[^"]*no page finished[^"]*"\s*>stalled<', overview)
 
     stats.counts["pages"] = 1  # a page finishes: progress resumes
     stats.tick()
