@@ -185,7 +185,7 @@ def report(results, args, tick_ms, load):
         "round trips are the conductor's redis-py sends (one per command or pipeline; the channel layer's are not "
         "in that column).",
         "",
-        f"| active crawls | tick p50 / p95 / max (ms) | conductor CPU per tick, p50 (ms) | Redis CPU per tick, p50 (ms) | "
+        "| active crawls | tick p50 / p95 / max (ms) | conductor CPU per tick, p50 (ms) | Redis CPU per tick, p50 (ms) | "
         "Redis commands per tick | per crawl | conductor round trips per tick |",
         "|---|---|---|---|---|---|---|",
     ]

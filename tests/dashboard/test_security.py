@@ -12,7 +12,6 @@ from django.test import Client
 from django.urls import reverse
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from dashboard import jobs
 from dashboard.forms import ProjectForm
 from dashboard.middleware import POLICY
 from dashboard.models import ApiToken, Crawl, Item
