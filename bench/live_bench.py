@@ -53,8 +53,7 @@ def make_crawl():
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from crawler import keys
-    from dashboard import engine
+    from crawler import keys, state
     from dashboard.models import Crawl, Project
     from dashboard.redis import get_redis
 
@@ -62,9 +61,9 @@ def make_crawl():
     definition = {"name": "bench", "start_urls": ["http://127.0.0.1:9/"], "workers": 1}
     project = Project.objects.create(owner=user, name="bench", definition=definition)
     crawl = Crawl.objects.create(project=project, definition=definition, status=Crawl.PENDING)
-    crawl.transition(Crawl.RUNNING)
+    crawl.mark_started()
     redis = get_redis()
-    engine.ensure_items_group(redis, crawl.code)
+    state.ensure_items_group(redis, crawl.code)
     redis.zadd(keys.queue(crawl.code), {"{}": 1})  # work left: the conductor never finishes it
     client = Client()
     client.force_login(user)

@@ -35,7 +35,7 @@ from twisted.internet import task
 from . import keys
 from .connection import get_redis
 from .queue import LEASE_META
-from .state import ITEMS_TOO_LARGE
+from .counters import ITEMS_TOO_LARGE
 
 if TYPE_CHECKING:
     import redis

@@ -91,6 +91,10 @@ def items(code: str) -> str:
     return _key(code, "items")
 
 
+# Consumer group of the items stream read by the dashboard's conductor (dashboard/ingest.py).
+ITEMS_GROUP = "conductor"
+
+
 def log(code: str) -> str:
     return _key(code, "log")
 

@@ -17,7 +17,7 @@ DropItem (and sets ``stats['limit:max_items']``).
 
 An item whose JSON is larger than ``CRAWLSITE_MAX_ITEM_BYTES`` (the dashboard's setting, frozen in
 the crawl's definition; 1 MiB by default) is never written: it is dropped, counted in the crawl's
-``stats`` hash (``state.ITEMS_TOO_LARGE``, pushed by :class:`~crawler.extensions.WorkerStats`) and
+``stats`` hash (``counters.ITEMS_TOO_LARGE``, pushed by :class:`~crawler.extensions.WorkerStats`) and
 logged as a warning naming its page and size, which reaches the crawl's log stream.
 """
 
@@ -37,7 +37,7 @@ from . import keys, scripts
 from .connection import get_redis
 from .middlewares import LeaseTracker
 from .settings import MAX_ITEM_BYTES
-from .state import ITEMS_TOO_LARGE
+from .counters import ITEMS_TOO_LARGE
 
 if TYPE_CHECKING:
     import redis

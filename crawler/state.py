@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ResponseError
 from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
 from . import keys
+from .counters import COUNTERS, STATS_FIELD
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
 from .queue import request_to_json
 
@@ -21,7 +23,6 @@ CONTROL_VALUES = ("run", "pause", "stop", "finish")
 # leased...): pushed by each worker's WorkerStats.
 PAGES = "pages"
 ERRORS = "errors"
-ITEMS_TOO_LARGE = "items_too_large"  # items dropped for being over CRAWLSITE_MAX_ITEM_BYTES
 
 
 def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
@@ -32,16 +33,32 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
     leased requests (``stats.leased``, kept by the pop, release and return scripts).
     """
     pipe = redis.pipeline(transaction=False)
+    queue_counter_reads(pipe, code)
+    return parse_counters(pipe.execute())
+
+
+# Commands :func:`queue_counter_reads` adds to a pipeline (to read many crawls in one round trip).
+COUNTER_READS = 4
+
+
+def queue_counter_reads(pipe: Any, code: str) -> None:
+    """Add the reads of one crawl's counters to ``pipe``; :func:`parse_counters` reads their replies."""
     pipe.zcard(keys.queue(code))
     pipe.hgetall(keys.stats(code))
     pipe.hgetall(keys.workers(code))
     pipe.get(keys.control(code))
-    queued, stats, states, control = pipe.execute()
+
+
+def parse_counters(replies: list[Any]) -> dict[str, Any]:
+    queued, stats, states, control = replies[:COUNTER_READS]
+    stats = stats or {}
     parsed = {}
     for worker, raw in (states or {}).items():
         try:
             parsed[worker] = json.loads(raw)
         except ValueError:
+            parsed[worker] = {"worker": worker, "state": "unknown"}
+        if not isinstance(parsed[worker], dict):
             parsed[worker] = {"worker": worker, "state": "unknown"}
 
     def num(name: str) -> int:
@@ -50,20 +67,32 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
         except (TypeError, ValueError):
             return 0
 
-    status = {k.split(":", 1)[1]: int(v) for k, v in stats.items() if k.startswith("status:")}
-    return {
-        "queued": int(queued),
-        "seen": num("seen"),
-        "pages": num(PAGES),
-        "items": num("items"),
-        "errors": num(ERRORS),
-        ITEMS_TOO_LARGE: num(ITEMS_TOO_LARGE),
-        "in_flight": num("leased"),
+    status = {}
+    for k, v in stats.items():
+        if k.startswith("status:"):
+            try:
+                status[k.split(":", 1)[1]] = int(v)
+            except (TypeError, ValueError):
+                continue
+    counters: dict[str, Any] = {name: num(STATS_FIELD[name]) for name in COUNTERS if name in STATS_FIELD}
+    counters["queued"] = int(queued or 0)
+    counters = {name: counters[name] for name in COUNTERS}
+    counters.update({
         "status": status,
         "workers": parsed,
         "stats": {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in stats.items()},
         "control": control or "",
-    }
+    })
+    return counters
+
+
+def ensure_items_group(redis: redis.Redis, code: str) -> None:
+    """The consumer group through which the dashboard moves items from the stream to its database."""
+    try:
+        redis.xgroup_create(keys.items(code), keys.ITEMS_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 def set_control(redis: redis.Redis, code: str, value: str) -> None:
@@ -102,6 +131,7 @@ def launch(redis: redis.Redis, code: str, definition: dict, buckets: int = DEFAU
     """Write a validated definition, seed its start URLs, set control to ``run``."""
     redis.set(keys.definition(code), json.dumps(definition))
     new = seed(redis, code, definition.get("start_urls", []), buckets=buckets)
+    ensure_items_group(redis, code)
     set_control(redis, code, "run")
     return new
 

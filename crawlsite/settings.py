@@ -209,6 +209,13 @@ CONDUCTOR_LOCK_TTL = env_float("CONDUCTOR_LOCK_TTL", 5.0, minimum=1, maximum=300
 CRAWL_IDLE_GRACE = env_float("CRAWL_IDLE_GRACE", 1.5, minimum=0.1, maximum=600)
 # Read by crawl workers (crawler.netpolicy); checked here too, so a bad entry stops startup
 CRAWLSITE_ALLOWED_NETWORKS = env_allowed_networks()
+# Bounds of the transient states (seconds): past them the crawl page and the API show which worker
+# holds what, and offer a force stop. A running crawl with work queued and no progress for
+# CRAWL_STALL_AFTER seconds is flagged as stalled, with the reason.
+CRAWL_PAUSING_BOUND = env_float("CRAWL_PAUSING_BOUND", 60, minimum=1, maximum=86400)
+CRAWL_STOPPING_BOUND = env_float("CRAWL_STOPPING_BOUND", 120, minimum=1, maximum=86400)
+CRAWL_FINISHING_BOUND = env_float("CRAWL_FINISHING_BOUND", 120, minimum=1, maximum=86400)
+CRAWL_STALL_AFTER = env_float("CRAWL_STALL_AFTER", 120, minimum=1, maximum=86400)
 # RQ job timeout of a crawl worker without a duration limit, and the margin added to one.
 CRAWL_JOB_TIMEOUT = env_int("CRAWL_JOB_TIMEOUT", 7 * 86400, minimum=60)
 CRAWL_JOB_MARGIN = 600

@@ -17,11 +17,17 @@ class CrawlAdmin(admin.ModelAdmin):
     list_display = ["code", "project", "status", "workers", "created_at", "finished_at"]
     list_filter = ["status"]
     search_fields = ["code", "project__name"]
-    readonly_fields = ["code", "project", "definition", "status", "reason", "workers", "launched_workers",
-                       "stats", "created_at", "started_at", "finished_at"]
+    readonly_fields = ["code", "project", "definition", "status", "status_changed_at", "reason", "stalled_since",
+                       "stalled_reason", "workers", "launched_workers", "stats", "created_at", "started_at",
+                       "finished_at"]
 
     def has_add_permission(self, request):
         return False  # crawls are launched from the dashboard, the API or `manage.py crawl`
+
+    def has_change_permission(self, request, obj=None):
+        # Saving the form would write back a row read earlier (a lost update of the status); a
+        # crawl changes only through its lifecycle (Crawl.LIFECYCLE): the page, the API, crawlctl.
+        return False
 
 
 @admin.register(Item)

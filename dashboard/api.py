@@ -19,7 +19,7 @@ from ninja.security import HttpBearer, django_auth
 from pydantic import StrictInt
 from redis.exceptions import RedisError
 
-from crawler import state
+from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
 from dashboard import engine, live, quotas, xlsx_builds
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
@@ -81,29 +81,58 @@ class LaunchIn(Schema):
     workers: StrictInt | None = None
 
 
-class Counters(Schema):
-    queued: int = 0
-    seen: int = 0
+# The counter and rate names are defined once, in crawler/counters.py.
+Counters = type("Counters", (Schema,), {"__annotations__": {n: int for n in COUNTERS}, **dict.fromkeys(COUNTERS, 0)})
+Rates = type("Rates", (Schema,), {"__annotations__": {n: float for n in RATES}, **dict.fromkeys(RATES, 0.0)})
+
+
+class WorkerOut(Schema):
+    worker: str
+    host: str = ""
+    pid: int | None = None
+    state: str
     pages: int = 0
     items: int = 0
     errors: int = 0
-    items_too_large: int = 0  # items dropped by workers for being over CRAWLSITE_MAX_ITEM_BYTES
     in_flight: int = 0
+    started_at: float | None = None
+    updated_at: float | None = None
+    message: str = ""
 
 
-class Rates(Schema):
-    pages_per_s: float = 0.0
-    items_per_s: float = 0.0
+class StalledOut(Schema):
+    since: datetime
+    reason: str
+
+
+class HolderOut(Schema):
+    worker: str
+    state: str
+    leases: int
+    in_flight: int
+    last_heartbeat: float | None
+    why: str
+
+
+class OverdueOut(Schema):
+    status: str
+    since: datetime
+    bound: float
+    holders: list[HolderOut]
 
 
 class CrawlOut(Schema):
     code: str
     project: int
     status: str
+    status_since: datetime
     reason: str
     workers: int
+    worker_states: list[WorkerOut]
     counters: Counters
     rates: Rates
+    stalled: StalledOut | None
+    overdue: OverdueOut | None
     items_stored: int
     created_at: datetime
     started_at: datetime | None
@@ -122,38 +151,20 @@ def project_out(project):
     }
 
 
-COUNTER_NAMES = ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")
-
-
-def crawl_numbers(crawl):
-    """Live counters from Redis for an active crawl, the recorded ones once it ended."""
-    counters = {name: crawl.stats.get(name, 0) for name in COUNTER_NAMES}
-    rates = {"pages_per_s": 0.0, "items_per_s": 0.0}  # an ended crawl crawls nothing now
-    if crawl.is_active:
-        try:
-            redis = get_redis()
-            now = state.read_counters(redis, crawl.code)
-            counters = {name: now.get(name, 0) for name in COUNTER_NAMES}
-            rates = live.rates(crawl.code, redis)  # measured by the conductor over a short window
-        except RedisError:
-            pass  # Redis away for a moment: the recorded numbers are the best we have
-    return counters, rates
-
-
 def crawl_out(crawl):
-    counters, rates = crawl_numbers(crawl)
+    """The crawl's one view (dashboard.live.crawl_view) as the API shows it: ``workers`` is the
+    number asked for, ``worker_states`` the workers' rows."""
+    try:
+        reading = live.read(get_redis(), [crawl])[crawl.code]
+    except RedisError:
+        reading = {}  # Redis away for a moment: the recorded numbers are the best we have
+    view = live.crawl_view(crawl, reading)
+    stored = crawl.stats.get("items_stored") if crawl.is_terminal else None
     return {
-        "code": crawl.code,
-        "project": crawl.project_id,
-        "status": crawl.status,
-        "reason": crawl.reason,
-        "workers": crawl.workers,
-        "counters": counters,
-        "rates": rates,
-        "items_stored": crawl.stats.get("items_stored", crawl.items.count()) if crawl.is_terminal else crawl.items.count(),
-        "created_at": crawl.created_at,
-        "started_at": crawl.started_at,
-        "finished_at": crawl.finished_at,
+        **view,
+        "workers": view["workers_asked"],
+        "worker_states": view["workers"],
+        "items_stored": stored if isinstance(stored, int) else crawl.items.count(),
     }
 
 
@@ -306,6 +317,13 @@ def resume_crawl(request, code: str):
 def stop_crawl(request, code: str):
     """Workers drain and exit; queue and dedupe are kept so the crawl can be resumed."""
     return _control(request, code, "stop")
+
+
+@api.post("/crawls/{code}/force-stop", response=CONTROL_RESPONSES, tags=["control"])
+def force_stop_crawl(request, code: str):
+    """Stop a crawl stuck in pausing, stopping or finishing now: every worker's requests go back to
+    the queue and its workers are marked gone; queue and dedupe are kept, so resume works."""
+    return _control(request, code, "force_stop")
 
 
 @api.post("/crawls/{code}/cancel", response=CONTROL_RESPONSES, tags=["control"])

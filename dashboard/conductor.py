@@ -4,11 +4,11 @@ Only one conductor is active at a time: it holds a Redis lock with a TTL and ren
 tick. A second conductor waits as a standby and takes over when the lock lapses.
 """
 
-import json
 import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
@@ -16,14 +16,29 @@ from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 
 from crawler import keys, leases, state
-from dashboard import engine, live
-from dashboard.models import Crawl, Item
+from crawler.counters import DONE_STATES
+from dashboard import engine, ingest, jobs, live
+from dashboard.models import Crawl
 from dashboard.redis import get_redis
 
-# Worker states after which a worker does no more work.
-DONE_STATES = ("finished", "failed", "dead")
-
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Observation:
+    """What the conductor saw of one crawl in one tick, and what it decided from it.
+
+    ``decision`` is an observed action of ``Crawl.LIFECYCLE`` (``paused``, ``stopped``, ``finish``,
+    ``finished``, ``workers_lost``) or None. Applying it is a compare-and-set from the statuses the
+    table allows: a user's action that landed after the observation wins.
+    """
+
+    crawl: Crawl
+    counters: dict
+    items: list = field(default_factory=list)
+    decision: str | None = None
+    reason: str = ""
+    stall: str | None = None  # a reason: flag the crawl as stalled; "": clear the flag; None: leave it
 
 
 class Conductor:
@@ -38,8 +53,9 @@ class Conductor:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.active = False
         self.idle_since = {}  # crawl code -> monotonic time its work ran out
+        self.progress = {}  # crawl code -> (progress signature, monotonic time it last changed)
         self.live = live.Publisher(self.redis)
-        self.drained = {}  # crawl code -> (count, newest items) stored since its last live update
+        self.seen = set()  # crawls whose unacked items this conductor has recovered
 
     def hold_lock(self):
         """Acquire or renew the lock; return whether this process is the active conductor."""
@@ -64,25 +80,67 @@ class Conductor:
             self.active = False
 
     def tick(self):
-        """One pass over every active crawl."""
+        """One pass over every active crawl: read them all, then observe, apply and publish each.
+
+        Reads are batched across crawls (one round trip for every item stream, one database
+        transaction for the items, one round trip for every crawl's counters, one for every
+        worker's heartbeat), so a tick costs a handful of round trips whatever the number of crawls.
+        """
         crawls = list(Crawl.objects.active().select_related("project"))
-        for crawl in crawls:
+        watched = [crawl for crawl in crawls if crawl.status != Crawl.PENDING]  # pending: launch under way
+        items = ingest.drain_many(self.redis, watched, recover={c.code for c in watched} - self.seen)
+        self.seen = {c.code for c in watched}
+        readings = self.read(watched)
+        observations = []
+        for crawl in watched:
             try:
-                self.watch(crawl)
+                observation = self.observe(crawl, readings[crawl.code], items[crawl.code])
+                self.apply(observation)
+                observations.append(observation)
             except RedisError:
                 raise
             except Exception:
                 log.exception("conductor: crawl %s", crawl.code)
+        self.publish(observations)
         try:
             self.live.publish_overview()
         except Exception:
             log.exception("conductor: overview update")
         self.sweep_cancelled()
-        # Forget what was kept for crawls that ended (watch() moved their status in place).
+        # Forget what was kept for crawls that ended.
         active = {crawl.code for crawl in crawls if crawl.is_active}
         self.idle_since = {code: t for code, t in self.idle_since.items() if code in active}
-        self.drained = {code: d for code, d in self.drained.items() if code in active}
+        self.progress = {code: p for code, p in self.progress.items() if code in active}
         self.live.forget(active)
+
+    def read(self, crawls):
+        """Counters of every crawl (one round trip), after reaping the workers whose heartbeat
+        expired (one round trip to check them all; a reaped crawl is read again)."""
+        if not crawls:
+            return {}
+        readings = self._read_counters(crawls)
+        candidates = {c.code: set(readings[c.code]["workers"]) | set(jobs.worker_ids(c.launched_workers))
+                      for c in crawls}
+        reaped = []
+        expired = leases.expired(self.redis, candidates)
+        for crawl in crawls:
+            states = readings[crawl.code]["workers"]
+            dead = [w for w, held in expired[crawl.code]
+                    if held or (w in states and states[w].get("state") not in DONE_STATES)]
+            if dead:
+                leases.reap_workers(self.redis, crawl.code, dead, states)
+                reaped.append(crawl)
+        if reaped:
+            readings.update(self._read_counters(reaped))
+        return readings
+
+    def _read_counters(self, crawls):
+        pipe = self.redis.pipeline(transaction=False)
+        for crawl in crawls:
+            state.queue_counter_reads(pipe, crawl.code)
+        replies = pipe.execute()
+        n = state.COUNTER_READS
+        return {crawl.code: state.parse_counters(replies[i * n:(i + 1) * n]) for i, crawl in enumerate(crawls)}
 
     def sweep_cancelled(self):
         """A worker still closing when its crawl was cancelled may write its last state after the
@@ -92,85 +150,38 @@ class Conductor:
             if self.redis.exists(keys.workers(code), keys.control(code)):
                 state.delete_crawl(self.redis, code)
 
-    def watch(self, crawl):
+    # -- observe: read Redis, decide; nothing is written to the crawl's row -------------------------
+
+    def observe(self, crawl, counters=None, items=None):
+        """What ``crawl`` looks like in Redis, and the observed action it calls for. Without
+        ``counters`` (read by :meth:`read`), this crawl is drained, reaped and read alone."""
         if crawl.status == Crawl.PENDING:
-            return  # its launch is under way (after commit)
-        self.drain_items(crawl)
-        leases.reap(self.redis, crawl.code)
-        counters = state.read_counters(self.redis, crawl.code)
-        if crawl.status == Crawl.RUNNING:
-            self.check_running(crawl, counters)
-        elif crawl.status == Crawl.FINISHING:
-            self.check_finishing(crawl, counters)
-        elif crawl.status == Crawl.PAUSING:
-            self.check_pausing(crawl, counters)
-        elif crawl.status == Crawl.STOPPING:
-            self.check_stopping(crawl, counters)
-        self.publish(crawl, counters)
-        return counters
+            return None  # its launch is under way (after commit)
+        if counters is None:
+            items = ingest.drain(self.redis, crawl)
+            counters = self.read([crawl])[crawl.code]
+        observation = Observation(crawl, counters, items or [])
+        decide = {
+            Crawl.RUNNING: self.decide_running,
+            Crawl.FINISHING: self.decide_finishing,
+            Crawl.PAUSING: self.decide_pausing,
+            Crawl.STOPPING: self.decide_stopping,
+        }.get(crawl.status)
+        if decide is not None:
+            decide(observation)
+        return observation
 
-    def publish(self, crawl, counters):
-        """One live update to the crawl's browsers (dashboard/live.py); never breaks the tick."""
-        count, items = self.drained.pop(crawl.code, (0, []))
-        try:
-            self.live.publish(crawl, counters, items, stored=count)
-        except Exception:
-            log.exception("conductor: live update of crawl %s", crawl.code)
-
-    def drain_items(self, crawl):
-        """Move items from the crawl's stream to the database: insert idempotently, then ack."""
-        stream = keys.items(crawl.code)
-        batch = settings.CONDUCTOR_ITEM_BATCH
-        try:
-            # Entries read before but never acked (a conductor died mid-way) come first.
-            entries = self.redis.xreadgroup(engine.ITEMS_GROUP, "conductor", {stream: "0"}, count=batch)
-            if not entries or not entries[0][1]:
-                entries = self.redis.xreadgroup(engine.ITEMS_GROUP, "conductor", {stream: ">"}, count=batch)
-        except RedisError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            engine.ensure_items_group(self.redis, crawl.code)
-            return 0
-        if not entries or not entries[0][1]:
-            return 0
-        messages = entries[0][1]
-        now = timezone.now()
-        items = []
-        for _id, fields in messages:
-            if not fields:
-                continue  # deleted entry
-            try:
-                data = without_lone_surrogates(json.loads(fields.get("data", "{}")))
-            except ValueError:
-                data = {"_raw": fields.get("data", "")}
-            items.append(Item(
-                crawl=crawl, key=fields.get("key", _id)[:100], url=fields.get("url", ""),
-                data=data, worker=fields.get("worker", "")[:64], created_at=now,
-            ))
-        Item.objects.bulk_create(items, ignore_conflicts=True, batch_size=500)
-        count, newest = self.drained.get(crawl.code, (0, []))
-        newest = newest + [
-            {"id": _id, "key": item.key, "url": item.url, "worker": item.worker, "data": item.data}
-            for (_id, _fields), item in zip([m for m in messages if m[1]], items)
-        ]
-        self.drained[crawl.code] = (count + len(items), newest[-live.ITEMS_PER_UPDATE:])
-        ids = [message_id for message_id, _fields in messages]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(stream, engine.ITEMS_GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        pipe.execute()
-        return len(items)
-
-    def check_running(self, crawl, counters):
-        """Finish the crawl when a limit is hit or its work has run out for the grace period."""
+    def decide_running(self, o):
+        """Finish when a limit is hit or the work has run out for the grace period; stop when every
+        worker is gone; flag a stall when work is queued and nothing moves."""
+        crawl, counters = o.crawl, o.counters
+        self.watch_progress(o)
         limits = crawl.limits()
-        reason = ""
         if limits.get("max_duration") and crawl.duration and crawl.duration.total_seconds() >= limits["max_duration"]:
-            reason = f"duration limit of {limits['max_duration']} s reached"
-        elif limits.get("max_items") and counters["items"] >= limits["max_items"]:
-            reason = f"item limit of {limits['max_items']} reached"
-        if reason:
-            self.begin_finishing(crawl, reason)
+            o.decision, o.reason = "finish", f"duration limit of {limits['max_duration']} s reached"
+            return
+        if limits.get("max_items") and counters["items"] >= limits["max_items"]:
+            o.decision, o.reason = "finish", f"item limit of {limits['max_items']} reached"
             return
         workers = counters["workers"]
         page_limit_hit = bool(limits.get("max_pages")) and counters["stats"].get("popped", 0) >= limits["max_pages"]
@@ -178,78 +189,124 @@ class Conductor:
         starting = any(w.get("state") == "starting" for w in workers.values())
         if not out_of_work or starting or not workers:
             self.idle_since.pop(crawl.code, None)
-            if workers and all(w.get("state") in DONE_STATES for w in workers.values()) and len(workers) >= crawl.launched_workers:
-                self.fail_without_workers(crawl, workers)
+            if workers and all(w.get("state") in DONE_STATES for w in workers.values()) \
+                    and len(workers) >= crawl.launched_workers:
+                messages = sorted({w.get("message") or w.get("state") for w in workers.values()} - {None})
+                o.decision = "workers_lost"
+                o.reason = ("Every worker stopped before the crawl was done (" + "; ".join(messages)
+                            + "). Resume to continue.")
             return
         since = self.idle_since.setdefault(crawl.code, time.monotonic())
         if time.monotonic() - since >= settings.CRAWL_IDLE_GRACE:
-            if page_limit_hit:
-                self.begin_finishing(crawl, f"page limit of {limits['max_pages']} reached")
-            else:
-                self.begin_finishing(crawl, "")
+            o.decision = "finish"
+            o.reason = f"page limit of {limits['max_pages']} reached" if page_limit_hit else ""
 
-    def begin_finishing(self, crawl, reason):
-        log.info("crawl %s finishing%s", crawl.code, f": {reason}" if reason else "")
-        state.set_control(self.redis, crawl.code, "finish")
-        engine.cancel_waiting_jobs(crawl)
-        crawl.transition(Crawl.FINISHING, reason=reason)
-        self.idle_since.pop(crawl.code, None)
-
-    def check_finishing(self, crawl, counters):
-        """Finished once no worker is left working and every item is in the database."""
-        if self.working_workers(crawl, counters):
+    def watch_progress(self, o):
+        """A running crawl with work queued whose pages, errors, items and seen URLs have not moved
+        for CRAWL_STALL_AFTER seconds is stalled; the flag clears when anything moves."""
+        crawl, counters = o.crawl, o.counters
+        signature = tuple(counters[n] for n in ("pages", "errors", "items", "seen"))
+        now = time.monotonic()
+        last = self.progress.get(crawl.code)
+        if last is None or last[0] != signature:
+            self.progress[crawl.code] = (signature, now)
+            if crawl.stalled_since is not None:
+                o.stall = ""
             return
-        self.drain_all(crawl)
-        crawl.finish(Crawl.FINISHED, stats=final_stats(crawl, counters))
+        if counters["queued"] == 0 and counters["in_flight"] == 0:
+            if crawl.stalled_since is not None:
+                o.stall = ""
+            return
+        quiet = now - last[1]
+        if quiet >= settings.CRAWL_STALL_AFTER:
+            reason = self.stall_reason(crawl, counters, quiet)
+            if reason != crawl.stalled_reason or crawl.stalled_since is None:
+                o.stall = reason
 
-    def fail_without_workers(self, crawl, workers):
-        """Every worker is gone with work left (killed, crashed, or `make run` was stopped).
+    def stall_reason(self, crawl, counters, quiet):
+        workers = counters["workers"]
+        alive = [w for w, s in workers.items() if s.get("state") not in DONE_STATES]
+        queued, in_flight = counters["queued"], counters["in_flight"]
+        work = f"{queued} request(s) queued, {in_flight} in flight"
+        if not alive:
+            waiting = [w for w, s in jobs.statuses(crawl.code, crawl.launched_workers).items()
+                       if s in jobs.WAITING and w not in workers]
+            if waiting:
+                return (f"No RQ worker is free: {len(waiting)} worker job(s) wait in queue "
+                        f"'{jobs.QUEUE}' ({work}). Start more `rq worker {jobs.QUEUE}` processes.")
+            return f"Every worker is gone ({work}). Stop and resume the crawl to relaunch its workers."
+        return (f"{len(alive)} worker(s) alive but no page finished for {int(quiet)} s ({work}). "
+                "The site may be unreachable or every request waiting on a slow download.")
 
-        The queue and dedupe are intact, so the crawl becomes ``stopped``: resuming it launches
-        workers again and it carries on where it was.
-        """
-        messages = sorted({w.get("message") or w.get("state") for w in workers.values()} - {None})
-        # A worker job still queued in RQ must not start crawling a stopped crawl later on.
-        state.set_control(self.redis, crawl.code, "stop")
-        engine.cancel_waiting_jobs(crawl)
-        crawl.transition(Crawl.STOPPING)
-        self.drain_all(crawl)
-        counters = state.read_counters(self.redis, crawl.code)
-        crawl.finish(
-            Crawl.STOPPED,
-            stats=final_stats(crawl, counters),
-            reason="Every worker stopped before the crawl was done (" + "; ".join(messages) + "). Resume to continue.",
-        )
+    def decide_finishing(self, o):
+        """Finished once no worker is left working and every item is in the database."""
+        if not self.working_workers(o.crawl, o.counters):
+            o.decision = "finished"
+
+    def decide_pausing(self, o):
+        """Paused once no live worker has anything in flight."""
+        busy = [
+            w for w, s in o.counters["workers"].items()
+            if s.get("state") not in DONE_STATES and s.get("state") != "paused"
+        ]
+        if not busy and o.counters["in_flight"] == 0:
+            o.decision = "paused"
+
+    def decide_stopping(self, o):
+        """Stopped once every worker has drained and left; queue and dedupe stay for a resume."""
+        if not self.working_workers(o.crawl, o.counters):
+            o.decision = "stopped"
 
     def working_workers(self, crawl, counters):
         """Workers still doing something, including jobs an RQ worker has started but not reported."""
         workers = counters["workers"]
-        statuses = engine.job_statuses(crawl)
+        statuses = jobs.statuses(crawl.code, crawl.launched_workers)
         return [w for w, s in workers.items() if s.get("state") not in DONE_STATES] + [
             w for w, s in statuses.items() if s == "started" and w not in workers
         ]
 
-    def check_pausing(self, crawl, counters):
-        """Paused once no live worker has anything in flight."""
-        busy = [
-            w for w, s in counters["workers"].items()
-            if s.get("state") not in DONE_STATES and s.get("state") != "paused"
-        ]
-        if not busy and counters["in_flight"] == 0:
-            crawl.transition(Crawl.PAUSED)
+    # -- apply: compare-and-set through the crawl's lifecycle methods --------------------------------
 
-    def check_stopping(self, crawl, counters):
-        """Stopped once every worker has drained and left; queue and dedupe stay for a resume."""
-        if self.working_workers(crawl, counters):
+    def apply(self, o):
+        crawl = o.crawl
+        if o.stall:
+            crawl.flag_stalled(o.stall)
+        elif o.stall == "":
+            crawl.clear_stalled()
+        if o.decision is None:
             return
-        engine.cancel_waiting_jobs(crawl)
-        self.drain_all(crawl)
-        counters = state.read_counters(self.redis, crawl.code)
-        crawl.finish(Crawl.STOPPED, stats=final_stats(crawl, counters))
+        if o.decision == "paused":
+            changed = crawl.mark_paused()
+        elif o.decision == "finish":
+            changed = crawl.begin_finishing(o.reason)
+            if changed:
+                log.info("crawl %s finishing%s", crawl.code, f": {o.reason}" if o.reason else "")
+        else:  # the crawl ends: store the last items, record the final counters
+            ingest.drain_all(self.redis, crawl)
+            counters = state.read_counters(self.redis, crawl.code)
+            stats = engine.final_stats(crawl, counters)
+            if o.decision == "finished":
+                changed = crawl.mark_finished(stats)
+            elif o.decision == "stopped":
+                changed = crawl.mark_stopped(stats)
+            else:
+                changed = crawl.mark_workers_lost(stats, o.reason)
+            o.counters = counters
+        if changed:
+            self.idle_since.pop(crawl.code, None)
+        else:
+            log.info("crawl %s: %s not applied, its status changed meanwhile (now %s)", crawl.code, o.decision,
+                     crawl.status)
+        return changed
 
-    def drain_all(self, crawl):
-        while self.drain_items(crawl):
-            pass
+    def publish(self, observations):
+        """One live update per crawl to its browsers (dashboard/live.py); never breaks the tick."""
+        try:
+            for o in observations:
+                live.add_detail(self.redis, o.crawl, o.counters)
+            self.live.publish_many([(o.crawl, o.counters, o.items) for o in observations])
+        except Exception:
+            log.exception("conductor: live updates")
 
     def run(self, should_stop, max_ticks=None):
         ticks = 0
@@ -274,32 +331,6 @@ class Conductor:
                 _sleep_until(should_stop, max(0.0, self.tick_seconds - elapsed))
         finally:
             self.release()
-
-
-def without_lone_surrogates(data):
-    """A custom spider may scrape a lone UTF-16 surrogate (JSON can carry it as an escape); no
-    UTF-8 export could then write the item. Such characters become U+FFFD before storage."""
-    if isinstance(data, str):
-        try:
-            data.encode("utf-8")
-            return data
-        except UnicodeEncodeError:
-            return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in data)
-    if isinstance(data, dict):
-        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [without_lone_surrogates(v) for v in data]
-    return data
-
-
-def final_stats(crawl, counters):
-    stats = {name: counters.get(name, 0) for name in ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")}
-    stats["status"] = counters["status"]
-    stats["items_stored"] = crawl.items.count()
-    stats["workers"] = len(counters["workers"])
-    for name in ("blocked_address", "blocked_scheme"):  # refused by the network policy (crawler.netguard)
-        stats[name] = int(counters["stats"].get(name, 0))
-    return stats
 
 
 def _sleep_until(should_stop, seconds):

@@ -11,6 +11,7 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.serializers.json import DjangoJSONEncoder
 
 from crawler import keys
 from dashboard import live
@@ -51,16 +52,18 @@ def build_crawl_snapshot(code):
 
 @database_sync_to_async
 def build_overview_snapshot(user):
-    crawls = []
-    for project in user.projects.all():
-        crawls.extend(project.crawls.select_related("project").order_by("-created_at", "-id")[:OVERVIEW_CRAWLS_PER_PROJECT])
-    return live.overview_snapshot(crawls)
+    return live.overview_snapshot(live.recent_crawls(user, OVERVIEW_CRAWLS_PER_PROJECT))
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """Shared plumbing: JSON errors instead of crashes, ping, snapshot on request."""
 
     group = None
+
+    @classmethod
+    async def encode_json(cls, content):
+        # Views of a crawl carry datetimes (ISO 8601 in JSON), as the conductor's updates do.
+        return json.dumps(content, cls=DjangoJSONEncoder)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         if not self.allow_message():

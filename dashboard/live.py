@@ -13,6 +13,7 @@ the database when a page connects; it never polls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -20,9 +21,16 @@ import time
 from collections import deque
 
 from channels.layers import get_channel_layer
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
+from django.urls import reverse
 
 from crawler import keys, state
-from dashboard import engine
+from crawler.counters import COUNTERS, DONE_STATES, SERIES, no_rates
+from dashboard import jobs
+from dashboard.models import Crawl, Project, transient_bound
+from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +48,14 @@ SERIES_INTERVAL = 1.0
 SERIES_CAP = 1200
 # Rates are measured over this window (seconds) of counter reads.
 RATE_WINDOW = 5.0
+# Channel-layer sends in flight at once (a tick sends one update per active crawl).
+SEND_CONCURRENCY = 32
 # Scraped strings longer than this are cut in live messages (the item browser shows them whole).
 CLIP = 300
-SERIES_FIELDS = ["t", "pages", "items", "queued", "seen", "errors", "in_flight", "pages_per_s", "items_per_s"]
-COUNTER_FIELDS = ("queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight")
+SERIES_FIELDS = list(SERIES)
+# The fields of the one view of a crawl that an overview row carries.
+OVERVIEW_FIELDS = ("code", "project", "project_name", "status", "status_display", "reason", "counters", "rates",
+                   "stalled", "overdue", "url")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +99,14 @@ class Broadcaster:
             return
 
         async def send_all():
-            results = await asyncio.gather(*(layer.group_send(g, m) for g, m in messages), return_exceptions=True)
+            # At most SEND_CONCURRENCY sends at once: channels-redis's connection pool is finite.
+            limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+            async def send_one(group, message):
+                async with limit:
+                    await layer.group_send(group, message)
+
+            results = await asyncio.gather(*(send_one(g, m) for g, m in messages), return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
                     raise result
@@ -204,7 +223,7 @@ def _worker_order(worker_id):
 
 
 def counters_message(counters):
-    return {name: int(counters.get(name, 0) or 0) for name in COUNTER_FIELDS}
+    return {name: int(counters.get(name, 0) or 0) for name in COUNTERS}
 
 
 def log_message(entry_id, fields):
@@ -233,8 +252,9 @@ def progress(counters):
 
 
 def point(now, counters, rates):
-    return [round(now, 3)] + [int(counters.get(n, 0) or 0) for n in ("pages", "items", "queued", "seen", "errors", "in_flight")] + [
-        rates["pages_per_s"], rates["items_per_s"]]
+    """One point of the time series, in the order of ``SERIES`` (crawler/counters.py)."""
+    values = {**counters_message(counters), **rates, "t": round(now, 3)}
+    return [values[name] for name in SERIES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,80 +277,93 @@ class Publisher:
 
         Returns the message sent (tests and the overview use it).
         """
-        code = crawl.code
+        return self.publish_many([(crawl, counters, new_items)], stored=stored)[0]
+
+    def publish_many(self, entries, stored=None):
+        """:meth:`publish` for many crawls: ``entries`` are ``(crawl, counters, new_items)``.
+
+        Costs two pipelined round trips (three when a series is thinned) and one batch of
+        channel-layer sends, whatever the number of crawls or of open pages.
+        """
+        if not entries:
+            return []
         now = self.clock()
-        rates = self.meter.update(code, counters.get("pages", 0), counters.get("items", 0))
-        live_key = keys.live(code)
-        log_from = self.log_cursor.get(code)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(live_key, "seq", 1)
-        pipe.hmget(live_key, "interval", "last_point")
-        pipe.hset(live_key, "rates", json.dumps({**rates, "at": now}))
-        if log_from is None:
-            pipe.xrevrange(keys.log(code), count=1)
-        else:
-            pipe.xrange(keys.log(code), min="(" + log_from, count=LOG_PER_UPDATE)
-        seq, (interval, last_point), _, log_entries = pipe.execute()
-
-        new_point = None
-        interval = _float(interval) or SERIES_INTERVAL
-        last_point = _float(last_point)
-        finished = crawl.status in ("finished", "stopped", "failed", "cancelled")
-        if finished:
-            rates = {"pages_per_s": 0.0, "items_per_s": 0.0}
-        if last_point is None or now - last_point >= interval or finished:
-            new_point = point(now, counters, rates)
-            self._append_point(code, new_point, interval)
-
-        lines = []
-        if log_from is None:
-            # First sight of this crawl by this conductor: the page's snapshot has older lines.
-            if log_entries:
-                self.log_cursor[code] = log_entries[0][0]
+        prepared = []
+        for crawl, counters, new_items in entries:
+            code = crawl.code
+            rates = self.meter.update(code, counters.get("pages", 0), counters.get("items", 0))
+            live_key = keys.live(code)
+            log_from = self.log_cursor.get(code)
+            pipe.hincrby(live_key, "seq", 1)
+            pipe.hmget(live_key, "interval", "last_point")
+            pipe.hset(live_key, "rates", json.dumps({**rates, "at": now}))
+            if log_from is None:
+                pipe.xrevrange(keys.log(code), count=1)
             else:
-                self.log_cursor[code] = "0-0"
-        else:
-            lines = [log_message(i, f) for i, f in log_entries]
-            if log_entries:
-                self.log_cursor[code] = log_entries[-1][0]
+                pipe.xrange(keys.log(code), min="(" + log_from, count=LOG_PER_UPDATE)
+            prepared.append((crawl, counters, new_items, rates, log_from))
+        replies = pipe.execute()
 
-        items = [item_message(i) for i in new_items[-ITEMS_PER_UPDATE:]]
-        message = {
-            "type": "crawl.update",
-            "seq": int(seq),
-            "code": code,
-            "time": now,
-            "status": crawl.status,
-            "reason": crawl.reason,
-            "counters": counters_message(counters),
-            "rates": rates,
-            "progress": progress(counters),
-            "status_codes": counters.get("status", {}),
-            "workers": workers_message(engine.with_waiting_workers(crawl, counters.get("workers", {}))),
-            "items": list(reversed(items)),  # newest first
-            "items_new": len(new_items) if stored is None else stored,
-            "log": lines,
-            "point": new_point,
-        }
-        self.overview.setdefault(crawl.project.owner_id, {})[code] = overview_row(crawl, counters, rates)
-        self.broadcaster.send([(keys.group(code), encoded(message))])
-        return message
+        messages, points = [], []
+        for n, (crawl, counters, new_items, rates, log_from) in enumerate(prepared):
+            code = crawl.code
+            seq, (interval, last_point), _, log_entries = replies[4 * n:4 * n + 4]
+            new_point = None
+            interval = _float(interval) or SERIES_INTERVAL
+            last_point = _float(last_point)
+            finished = crawl.status in Crawl.TERMINAL or crawl.status == Crawl.STOPPED
+            if finished:
+                rates = no_rates()
+            if last_point is None or now - last_point >= interval or finished:
+                new_point = point(now, counters, rates)
+                points.append((code, new_point, interval))
 
-    def _append_point(self, code, new_point, interval):
-        series_key = keys.series(code)
+            lines = []
+            if log_from is None:
+                # First sight of this crawl by this conductor: the page's snapshot has older lines.
+                self.log_cursor[code] = log_entries[0][0] if log_entries else "0-0"
+            else:
+                lines = [log_message(i, f) for i, f in log_entries]
+                if log_entries:
+                    self.log_cursor[code] = log_entries[-1][0]
+
+            items = [item_message(i) for i in new_items[-ITEMS_PER_UPDATE:]]
+            view = crawl_view(crawl, {**counters, "rates": rates}, now=now)
+            message = {
+                "type": "crawl.update",
+                "seq": int(seq),
+                "time": now,
+                **view,
+                "items": list(reversed(items)),  # newest first
+                "items_new": len(new_items) if stored is None else stored,
+                "log": lines,
+                "point": new_point,
+            }
+            self.overview.setdefault(crawl.project.owner_id, {})[code] = overview_row(view)
+            messages.append(message)
+        self._append_points(points)
+        self.broadcaster.send([(keys.group(m["code"]), encoded(m)) for m in messages])
+        return messages
+
+    def _append_points(self, points):
+        if not points:
+            return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(series_key, json.dumps(new_point))
-        pipe.hset(keys.live(code), "last_point", new_point[0])
-        length, _ = pipe.execute()
-        if length >= SERIES_CAP:
-            # Thin out: keep every other point (always the newest), double the interval.
-            points = self.redis.lrange(series_key, 0, -1)
-            kept = points[::-1][::2][::-1]
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(series_key)
-            pipe.rpush(series_key, *kept)
-            pipe.hset(keys.live(code), "interval", interval * 2)
-            pipe.execute()
+        for code, new_point, _interval in points:
+            pipe.rpush(keys.series(code), json.dumps(new_point))
+            pipe.hset(keys.live(code), "last_point", new_point[0])
+        lengths = pipe.execute()[0::2]
+        for (code, _point, interval), length in zip(points, lengths):
+            if length >= SERIES_CAP:
+                # Thin out: keep every other point (always the newest), double the interval.
+                series_key = keys.series(code)
+                kept = self.redis.lrange(series_key, 0, -1)[::-1][::2][::-1]
+                thin = self.redis.pipeline(transaction=True)
+                thin.delete(series_key)
+                thin.rpush(series_key, *kept)
+                thin.hset(keys.live(code), "interval", interval * 2)
+                thin.execute()
 
     def publish_overview(self):
         """One message per user with active crawls this tick: the rows of those crawls."""
@@ -351,20 +384,162 @@ class Publisher:
 
 def encoded(message):
     """The channel-layer event for ``message``: JSON encoded once here, not once per open page."""
-    return {"type": message["type"], "text": json.dumps(message, separators=(",", ":"))}
+    return {"type": message["type"], "text": json.dumps(message, separators=(",", ":"), cls=DjangoJSONEncoder)}
 
 
-def overview_row(crawl, counters, rates):
+def overview_row(view):
+    """An overview row: a projection of :func:`crawl_view`."""
+    return {name: view[name] for name in OVERVIEW_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# The one view of a crawl: live update, snapshot, overview row and the API's crawl output
+
+
+def read(redis, crawls, detail=True):
+    """One read of the state of ``crawls``: ``{code: reading}`` where a reading is the counters of
+    :func:`crawler.state.read_counters` plus ``rates`` (as the conductor measured them).
+
+    Active crawls cost one pipelined round trip in all. With ``detail`` (one crawl's page or the
+    API), a crawl also gets ``jobs`` (RQ statuses, when a launched worker has not reported) and,
+    past the bound of a transient state, ``leases`` (requests each worker holds).
+    """
+    active = [c for c in crawls if c.is_active]
+    readings = {c.code: {} for c in crawls}
+    if not active:
+        return readings
+    pipe = redis.pipeline(transaction=False)
+    for crawl in active:
+        state.queue_counter_reads(pipe, crawl.code)
+        pipe.hget(keys.live(crawl.code), "rates")
+    replies = pipe.execute()
+    step = state.COUNTER_READS + 1
+    for n, crawl in enumerate(active):
+        part = replies[n * step:(n + 1) * step]
+        readings[crawl.code] = {**state.parse_counters(part), "rates": _parse_rates(part[-1])}
+    if detail:
+        for crawl in active:
+            add_detail(redis, crawl, readings[crawl.code])
+    return readings
+
+
+def add_detail(redis, crawl, reading):
+    """Add RQ statuses of workers that have not reported, and the leases each worker holds past
+    the bound of a transient state (only then: it costs a round trip)."""
+    workers = reading.get("workers", {})
+    if crawl.is_active and crawl.launched_workers > len(workers) and "jobs" not in reading:
+        reading["jobs"] = jobs.statuses(crawl.code, crawl.launched_workers)
+    if crawl.overdue_since() is not None and "leases" not in reading:
+        names = sorted(set(workers) | set(jobs.worker_ids(crawl.launched_workers)))
+        pipe = redis.pipeline(transaction=False)
+        for worker in names:
+            pipe.hlen(keys.leases(crawl.code, worker))
+        reading["leases"] = dict(zip(names, pipe.execute()))
+    return reading
+
+
+def crawl_view(crawl, reading, now=None):
+    """The one shape of a crawl shown anywhere (docs/websocket.md, docs/api.md), from one reading.
+
+    An ended crawl whose Redis state is gone shows the counters recorded when it ended.
+    """
+    counters = reading or {}
+    if not crawl.is_active and crawl.stats and not counters.get("stats"):
+        counters = {**counters, **{k: crawl.stats.get(k, 0) for k in COUNTERS}, "status": crawl.stats.get("status", {})}
+    current_rates = counters.get("rates") or no_rates()
+    if not crawl.is_active:
+        current_rates = no_rates()
+    rows = with_waiting_workers(counters.get("workers", {}), counters.get("jobs", {}))
     return {
         "code": crawl.code,
         "project": crawl.project_id,
         "project_name": crawl.project.name,
+        "url": crawl_url(crawl.code),
         "status": crawl.status,
         "status_display": crawl.get_status_display(),
+        "status_since": crawl.status_changed_at,
+        "reason": crawl.reason,
+        "workers_asked": crawl.workers,
         "counters": counters_message(counters),
-        "rates": rates,
-        "url": crawl.get_absolute_url(),
+        "rates": current_rates,
+        "progress": progress(counters),
+        "status_codes": counters.get("status", {}),
+        "workers": workers_message(rows),
+        "stalled": {"since": crawl.stalled_since, "reason": crawl.stalled_reason} if crawl.stalled_since else None,
+        "overdue": overdue(crawl, counters, now),
+        "created_at": crawl.created_at,
+        "started_at": crawl.started_at,
+        "finished_at": crawl.finished_at,
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def crawl_url(code):
+    return reverse("dashboard:crawl-detail", args=[code])
+
+
+def with_waiting_workers(states, statuses):
+    """Worker states plus a ``waiting`` row for each launched job no RQ worker has taken yet."""
+    rows = dict(states)
+    for worker, status in (statuses or {}).items():
+        if worker not in rows and status in jobs.WAITING:
+            rows[worker] = {"worker": worker, "state": "waiting", "message": "waiting for a free RQ worker"}
+    return rows
+
+
+def overdue(crawl, reading, now=None):
+    """Past the bound of ``pausing``, ``stopping`` or ``finishing``: since when, and which worker
+    holds what and why (the crawl page shows it next to the force stop button)."""
+    since = crawl.overdue_since()
+    if since is None:
+        return None
+    now = now or time.time()
+    leases = reading.get("leases", {})
+    statuses = reading.get("jobs", {})
+    holders = []
+    for worker in sorted(set(reading.get("workers", {})) | set(leases) | set(statuses), key=_worker_order):
+        s = reading.get("workers", {}).get(worker)
+        held = int(leases.get(worker, 0) or 0)
+        if s is None:
+            if statuses.get(worker) == "started":
+                holders.append(_holder(worker, "started", held, 0, None, "its RQ job started but the worker never reported"))
+            continue
+        worker_state = str(s.get("state", "unknown"))
+        in_flight = _int(s.get("in_flight"))
+        if worker_state in DONE_STATES and not held:
+            continue
+        updated = _float(s.get("updated_at"))
+        holders.append(_holder(worker, worker_state, held, in_flight, updated,
+                               _why(crawl.status, worker_state, held, in_flight, updated, now)))
+    return {"status": crawl.status, "since": since, "bound": transient_bound(crawl.status), "holders": holders}
+
+
+def _holder(worker, worker_state, leases, in_flight, updated, why):
+    return {"worker": worker, "state": worker_state, "leases": leases, "in_flight": in_flight,
+            "last_heartbeat": updated, "why": why}
+
+
+def _why(status, worker_state, leases, in_flight, updated, now):
+    parts = []
+    if worker_state in DONE_STATES:
+        parts.append(f"it is {worker_state} but still holds {leases} leased request(s)")
+    elif status == Crawl.PAUSING and worker_state == "paused":
+        parts.append(f"it is paused but holds {leases} leased request(s)" if leases
+                     else "it is paused; waiting for the crawl's in-flight count to reach 0")
+    else:
+        parts.append(f"it is still {worker_state}")
+        if in_flight or leases:
+            parts.append(f"{in_flight} download(s) in flight, {leases} leased request(s)")
+    if updated is not None and now - updated > 5:
+        parts.append(f"no heartbeat for {int(now - updated)} s")
+    return "; ".join(parts)
+
+
+def _int(value):
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +551,6 @@ def rates(code, redis=None):
 
     Zeros when the conductor has not measured the crawl (not started, or its Redis state is gone).
     """
-    from dashboard.redis import get_redis
-
     raw = (redis or get_redis()).hget(keys.live(code), "rates")
     return _parse_rates(raw)
 
@@ -390,51 +563,32 @@ def _parse_rates(raw):
     return {"pages_per_s": float(data.get("pages_per_s", 0.0)), "items_per_s": float(data.get("items_per_s", 0.0))}
 
 
-def read_live(redis, code):
-    """Counters (one round trip) plus this module's live state (a second round trip)."""
-    counters = state.read_counters(redis, code)
+def crawl_snapshot(crawl, items, redis=None):
+    """The full picture of one crawl for a page that just connected.
+
+    ``items`` are the newest stored items (newest first) as dicts ``{id, key, url, worker, data}``.
+    """
+    redis = redis or get_redis()
+    reading = read(redis, [crawl])[crawl.code]
     pipe = redis.pipeline(transaction=False)
-    pipe.hmget(keys.live(code), "seq", "rates")
-    pipe.lrange(keys.series(code), 0, -1)
-    pipe.xrevrange(keys.log(code), count=SNAPSHOT_LOG)
-    (seq, raw_rates), raw_series, log_entries = pipe.execute()
+    pipe.hget(keys.live(crawl.code), "seq")
+    pipe.lrange(keys.series(crawl.code), 0, -1)
+    pipe.xrevrange(keys.log(crawl.code), count=SNAPSHOT_LOG)
+    seq, raw_series, log_entries = pipe.execute()
     series = []
     for raw in raw_series:
         try:
             series.append(json.loads(raw))
         except ValueError:
             continue
-    return counters, int(seq or 0), _parse_rates(raw_rates), series, log_entries
-
-
-def crawl_snapshot(crawl, items, redis=None):
-    """The full picture of one crawl for a page that just connected.
-
-    ``items`` are the newest stored items (newest first) as dicts ``{id, key, url, worker, data}``.
-    For an ended crawl whose Redis state is gone, counters come from ``Crawl.stats``.
-    """
-    from dashboard.redis import get_redis
-
-    redis = redis or get_redis()
-    counters, seq, current_rates, series, log_entries = read_live(redis, crawl.code)
-    if crawl.status not in crawl.ACTIVE and crawl.stats and not counters["stats"]:
-        counters = {**counters, **{k: crawl.stats.get(k, 0) for k in COUNTER_FIELDS},
-                    "status": crawl.stats.get("status", {})}
-    if crawl.status not in crawl.ACTIVE:
-        current_rates = {"pages_per_s": 0.0, "items_per_s": 0.0}
+    if not crawl.is_active and not reading:
+        # An ended crawl: what is left in Redis (workers, status codes) until it is cleaned up.
+        reading = state.read_counters(redis, crawl.code)
     return {
         "type": "crawl.snapshot",
-        "seq": seq,
-        "code": crawl.code,
+        "seq": int(seq or 0),
         "time": time.time(),
-        "status": crawl.status,
-        "reason": crawl.reason,
-        "counters": counters_message(counters),
-        "rates": current_rates,
-        "progress": progress(counters),
-        "status_codes": counters.get("status", {}),
-        "workers": workers_message(engine.with_waiting_workers(crawl, counters.get("workers", {}))),
-        "workers_asked": crawl.workers,
+        **crawl_view(crawl, reading),
         "items": [item_message(i) for i in items],
         "log": [log_message(i, f) for i, f in reversed(log_entries)],
         "series_fields": SERIES_FIELDS,
@@ -443,20 +597,18 @@ def crawl_snapshot(crawl, items, redis=None):
 
 
 def overview_snapshot(crawls, redis=None):
-    """Rows for every given crawl: live counters for active ones, final stats for ended ones."""
-    from dashboard.redis import get_redis
+    """Rows for every given crawl (one Redis round trip): live counters for active ones, final
+    stats for ended ones."""
+    readings = read(redis or get_redis(), crawls, detail=False)
+    return {"type": "overview.snapshot", "time": time.time(),
+            "crawls": [overview_row(crawl_view(c, readings[c.code])) for c in crawls]}
 
-    redis = redis or get_redis()
-    rows = []
-    for crawl in crawls:
-        if crawl.is_active:
-            counters = state.read_counters(redis, crawl.code)
-            current_rates = rates(crawl.code, redis)
-        else:
-            counters = {k: crawl.stats.get(k, 0) for k in COUNTER_FIELDS} if crawl.stats else {}
-            current_rates = {"pages_per_s": 0.0, "items_per_s": 0.0}
-        rows.append(overview_row(crawl, counters, current_rates))
-    return {"type": "overview.snapshot", "time": time.time(), "crawls": rows}
+
+def recent_crawls(user, per_project):
+    """The ``per_project`` newest crawls of each of ``user``'s projects, in one query."""
+    rank = Window(RowNumber(), partition_by=[F("project_id")], order_by=[F("created_at").desc(), F("id").desc()])
+    return list(Crawl.objects.for_user(user).select_related("project").annotate(rank=rank)
+                .filter(rank__lte=per_project).order_by("project__name", "project_id", "-created_at", "-id"))
 
 
 def crawl_page_context(crawl):
@@ -474,19 +626,21 @@ def crawl_page_context(crawl):
 
 
 def overview_page_context(user, per_project=5):
-    """Context for the overview: each project of ``user`` with its newest crawls and their rows."""
-    from dashboard.models import Project
+    """Context for the overview: each project of ``user`` with its newest crawls and their rows.
 
+    Two queries (projects, then every project's newest crawls at once) and one Redis round trip.
+    """
     projects = list(Project.objects.for_user(user).order_by("name", "id"))
-    crawls = []
-    for project in projects:
-        project.recent_crawls = list(project.crawls.select_related("project").order_by("-created_at", "-id")[:per_project])
-        crawls.extend(project.recent_crawls)
+    crawls = recent_crawls(user, per_project)
     try:
         rows = {row["code"]: row for row in overview_snapshot(crawls)["crawls"]}
     except Exception:
         log.warning("live overview failed", exc_info=True)
-        rows = {c.code: overview_row(c, {}, {"pages_per_s": 0.0, "items_per_s": 0.0}) for c in crawls}
+        rows = {c.code: overview_row(crawl_view(c, {})) for c in crawls}
+    by_project = {}
+    for crawl in crawls:
+        by_project.setdefault(crawl.project_id, []).append(crawl)
     for project in projects:
+        project.recent_crawls = by_project.get(project.pk, [])
         project.rows = [rows[c.code] for c in project.recent_crawls]
     return {"projects": projects}

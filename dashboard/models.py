@@ -1,22 +1,31 @@
 """Projects (crawl definitions), crawls (runs of a project) and the items they scraped.
 
-A Crawl owns its state machine: every change of status goes through ``Crawl.transition`` which
-refuses what DESIGN.md's state diagram forbids.
+A Crawl owns its lifecycle: ``Crawl.LIFECYCLE`` is the one table of actions (action -> allowed
+from-states -> to-state). Every change is a compare-and-set on the status, and its Redis and RQ
+side effects run after commit (docs/operations.md, "Crawl states").
 """
 
 import hashlib
 import re
 import secrets
 import string
+from dataclasses import dataclass
 import unicodedata
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
 from crawler import definition as crawl_definition
+from crawler import keys
+from crawler import leases as crawl_leases
+from crawler import state as crawl_state
+from dashboard import jobs
+from dashboard.redis import get_redis
 
 CODE_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -63,7 +72,7 @@ class Project(models.Model):
 
 
 class InvalidTransition(Exception):
-    """A crawl cannot go from its current status to the one asked for; the message says why."""
+    """An action cannot apply to a crawl in its current status; the message says why (the API's 409)."""
 
 
 class CrawlQuerySet(models.QuerySet):
@@ -72,6 +81,35 @@ class CrawlQuerySet(models.QuerySet):
 
     def active(self):
         return self.filter(status__in=Crawl.ACTIVE)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One row of the lifecycle table: ``name`` moves a crawl from one of ``sources`` to ``target``.
+
+    ``target`` None leaves the status as it is (scale). ``by_user`` actions are the buttons, the
+    API's control endpoints and ``crawlctl``; the others are what the conductor observes.
+    ``already`` are statuses in which a user is told the action is done already; ``hints`` give
+    advice for a status in which it cannot apply.
+    """
+
+    name: str
+    sources: frozenset
+    target: str | None
+    by_user: bool = False
+    label: str = ""
+    already: frozenset = frozenset()
+    hints: tuple = ()
+
+    def refusal(self, code, status):
+        if status in self.sources:
+            return ""
+        if status in self.already:
+            return f"Crawl {code} is already {status}."
+        for hint_status, hint in self.hints:
+            if status == hint_status:
+                return f"Crawl {code} is {status}: {hint}."
+        return f"Cannot {self.label.lower() or self.name} crawl {code}: it is {status}."
 
 
 class Crawl(models.Model):
@@ -97,27 +135,48 @@ class Crawl(models.Model):
         (CANCELLED, "Cancelled"),
         (FAILED, "Failed"),
     ]
+    STATUSES = tuple(status for status, _label in STATUS_CHOICES)
     # Crawls the conductor watches (workers may be alive).
     ACTIVE = (PENDING, RUNNING, PAUSING, PAUSED, STOPPING, FINISHING)
     TERMINAL = (FINISHED, CANCELLED, FAILED)
-    TRANSITIONS = {
-        PENDING: {RUNNING},
-        RUNNING: {PAUSING, PAUSED, STOPPING, FINISHING},
-        PAUSING: {PAUSED, RUNNING, STOPPING},
-        PAUSED: {RUNNING, STOPPING, CANCELLED},
-        STOPPING: {STOPPED},
-        STOPPED: {RUNNING, CANCELLED},
-        FINISHING: {FINISHED},
-        FINISHED: set(),
-        CANCELLED: set(),
-        FAILED: set(),
-    }
+    # States that must end by themselves within a bound (settings.CRAWL_*_BOUND).
+    TRANSIENT = (PAUSING, STOPPING, FINISHING)
+
+    # The lifecycle: the one table behind the buttons, the API's 409s, crawlctl and the conductor.
+    LIFECYCLE = {a.name: a for a in (
+        # Asked by a user (page, API, crawlctl).
+        Action("pause", frozenset({RUNNING}), PAUSING, True, "Pause", already=frozenset({PAUSING, PAUSED})),
+        Action("resume", frozenset({PAUSING, PAUSED, STOPPED}), RUNNING, True, "Resume",
+               already=frozenset({RUNNING})),
+        Action("stop", frozenset({RUNNING, PAUSING, PAUSED}), STOPPING, True, "Stop",
+               already=frozenset({STOPPING, STOPPED})),
+        Action("force_stop", frozenset({PAUSING, STOPPING, FINISHING}), STOPPED, True, "Force stop",
+               already=frozenset({STOPPED})),
+        Action("cancel", frozenset({PAUSED, STOPPED}), CANCELLED, True, "Cancel",
+               hints=((RUNNING, "pause or stop it before cancelling"),
+                      (PAUSING, "pause or stop it before cancelling"),
+                      (STOPPING, "wait until it is stopped (or force stop it) before cancelling"))),
+        Action("scale", frozenset({RUNNING, PAUSING, PAUSED}), None, True, "Scale"),
+        # Observed by the conductor.
+        Action("start", frozenset({PENDING}), RUNNING),
+        Action("paused", frozenset({PAUSING}), PAUSED),
+        Action("stopped", frozenset({STOPPING}), STOPPED),
+        Action("workers_lost", frozenset({RUNNING}), STOPPED),
+        Action("finish", frozenset({RUNNING}), FINISHING),
+        Action("finished", frozenset({FINISHING}), FINISHED),
+        Action("fail", frozenset(ACTIVE), FAILED),
+    )}
+    USER_ACTIONS = tuple(name for name, a in LIFECYCLE.items() if a.by_user)
 
     code = models.CharField(max_length=32, unique=True, default=new_code, editable=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="crawls")
     definition = models.JSONField(help_text="Frozen copy of the project's definition at launch.")
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PENDING, db_index=True)
+    status_changed_at = models.DateTimeField(default=timezone.now, help_text="When the status last changed.")
     reason = models.TextField(blank=True, help_text="Why the crawl failed or ended, for people.")
+    stalled_since = models.DateTimeField(null=True, blank=True,
+                                         help_text="Set while a running crawl makes no progress with work queued.")
+    stalled_reason = models.TextField(blank=True)
     workers = models.PositiveSmallIntegerField(default=1, help_text="Workers asked for.")
     launched_workers = models.PositiveSmallIntegerField(default=0, help_text="Worker ids w1..wN handed out so far.")
     stats = models.JSONField(default=dict, blank=True, help_text="Counters recorded when the crawl ended.")
@@ -144,44 +203,211 @@ class Crawl(models.Model):
     def is_terminal(self):
         return self.status in self.TERMINAL
 
-    def can_transition(self, status):
-        return status == self.FAILED and not self.is_terminal or status in self.TRANSITIONS[self.status]
+    # -- the table, read ---------------------------------------------------------------------------
 
-    def transition(self, status, reason=""):
-        """Change status if the state machine allows it, else raise InvalidTransition."""
-        if not self.can_transition(status):
-            raise InvalidTransition(f"a {self.status} crawl cannot become {status}")
-        self.status = status
-        fields = ["status"]
-        if reason:
-            self.reason = reason
-            fields.append("reason")
-        if status == self.RUNNING and self.started_at is None:
-            self.started_at = timezone.now()
-            fields.append("started_at")
-        if status in self.TERMINAL or status == self.STOPPED:
-            self.finished_at = timezone.now()
-            fields.append("finished_at")
-        self.save(update_fields=fields)
+    @classmethod
+    def allowed_statuses(cls, action):
+        """Every status in which ``action`` applies (the page keeps its buttons in step with this)."""
+        sources = cls.LIFECYCLE[action].sources
+        return [status for status in cls.STATUSES if status in sources]
+
+    def refusal(self, action):
+        """Why ``action`` cannot apply to this crawl now, or "" when it can."""
+        return self.LIFECYCLE[action].refusal(self.code, self.status)
+
+    def can(self, action):
+        return not self.refusal(action)
+
+    # -- the table, applied: compare-and-set -------------------------------------------------------
+
+    def _apply(self, action, *, reason=None, stats=None, effects=None, **fields):
+        """Move the crawl along ``action`` if its status in the database is still the one this
+        object was read with (and one of the action's sources): ``UPDATE ... WHERE status IN (...)``.
+        Returns whether this call made the change; ``effects`` (Redis, RQ) then run after commit.
+        A row read earlier is never saved."""
+        act = self.LIFECYCLE[action]
+        now = timezone.now()
+        if act.target is not None:
+            fields.update(status=act.target, status_changed_at=now, stalled_since=None, stalled_reason="")
+            if act.target == self.RUNNING:
+                fields.update(started_at=Coalesce(F("started_at"), Value(now)), finished_at=None)
+            elif act.target in self.TERMINAL or act.target == self.STOPPED:
+                fields["finished_at"] = now
+        if reason is not None:
+            fields["reason"] = reason
+        if stats is not None:
+            fields["stats"] = stats
+        # From the status this decision was made on only: a resume decided on a stopped crawl
+        # (relaunch workers) must not apply to a crawl that became paused meanwhile.
+        sources = act.sources & {self.status}
+        with transaction.atomic():
+            changed = Crawl.objects.filter(pk=self.pk, status__in=sources).update(**fields) if sources else 0
+            if changed and effects is not None:
+                transaction.on_commit(effects)
+        self.refresh_from_db(fields=["status", "status_changed_at", "reason", "stats", "started_at",
+                                     "finished_at", "stalled_since", "stalled_reason", "workers",
+                                     "launched_workers"])
+        return bool(changed)
+
+    def _act(self, action, **kwargs):
+        """A user's action: applied, or InvalidTransition with the reason it cannot apply now."""
+        refusal = self.refusal(action)
+        if not refusal and self._apply(action, **kwargs):
+            return self
+        raise InvalidTransition(refusal or self.refusal(action) or f"Crawl {self.code} changed meanwhile; try again.")
+
+    def _control(self, value):
+        return lambda: crawl_state.set_control(get_redis(), self.code, value)
+
+    # Users' actions (buttons, API, crawlctl). Each raises InvalidTransition when refused.
+
+    def pause(self):
+        return self._act("pause", effects=self._control("pause"))
+
+    def resume(self):
+        relaunch = self.status == self.STOPPED
+        code, definition, label = self.code, self.definition, self.project.name
+
+        def effects():
+            redis = get_redis()
+            if relaunch and not redis.exists(keys.definition(code)):
+                # Redis lost the crawl (no append-only file?): start again from the seeds.
+                crawl_state.launch(redis, code, definition)
+            crawl_state.set_control(redis, code, "run")
+            if relaunch:
+                jobs.enqueue(code, definition, ids, label)
+
+        with transaction.atomic():
+            self._act("resume", reason="", effects=effects)
+            ids = self.next_worker_ids(self.workers) if relaunch else []
+        return self
+
+    def stop(self):
+        return self._act("stop", effects=self._control("stop"))
+
+    def cancel(self):
+        """Cancelled for good. The caller deletes the Redis state once remaining items are stored
+        (dashboard.engine.control does)."""
+        code, launched = self.code, self.launched_workers
+
+        def effects():
+            crawl_state.set_control(get_redis(), code, "stop")
+            jobs.cancel_waiting(code, jobs.worker_ids(launched))
+
+        return self._act("cancel", reason="Cancelled by its owner.", effects=effects)
+
+    def force_stop(self, stats=None):
+        """Stopped now, whatever the workers do: control ``stop``, every worker's leases back in
+        the queue, every worker marked gone. Queue and dedupe stay, so a resume carries on."""
+        code, launched = self.code, self.launched_workers
+
+        def effects():
+            redis = get_redis()
+            crawl_state.set_control(redis, code, "stop")
+            crawl_leases.force_release(redis, code, "force-stopped by its owner")
+            jobs.cancel_waiting(code, jobs.worker_ids(launched))
+
+        return self._act("force_stop", stats=stats, effects=effects,
+                         reason="Force-stopped: every worker's requests were put back in the queue. "
+                                "Resume to continue.")
+
+    def scale(self, workers, alive):
+        """Run ``workers`` workers; ``alive`` are the ids working (or about to) now, oldest first."""
+        code, definition, label = self.code, self.definition, self.project.name
+        with transaction.atomic():
+            if self.refusal("scale"):
+                raise InvalidTransition(self.refusal("scale"))
+            locked = Crawl.objects.select_for_update().filter(pk=self.pk, status__in=self.LIFECYCLE["scale"].sources)
+            if not locked.update(workers=workers):
+                self.refresh_from_db(fields=["status"])
+                raise InvalidTransition(self.refusal("scale") or f"Crawl {code} changed meanwhile; try again.")
+            self.workers = workers
+            if workers > len(alive):
+                ids = self.next_worker_ids(workers - len(alive))
+                transaction.on_commit(lambda: jobs.enqueue(code, definition, ids, label))
+            elif workers < len(alive):
+                retiring = alive[workers:]
+
+                def effects():
+                    crawl_state.retire_workers(get_redis(), code, retiring)
+                    jobs.cancel_waiting(code, retiring)
+
+                transaction.on_commit(effects)
+        return self
+
+    # What the conductor (or the launch) observed. Each returns whether it made the change.
+
+    def mark_started(self):
+        return self._apply("start")
+
+    def mark_paused(self):
+        return self._apply("paused")
+
+    def mark_stopped(self, stats, reason=None):
+        code, launched = self.code, self.launched_workers
+        return self._apply("stopped", stats=stats, reason=reason,
+                           effects=lambda: jobs.cancel_waiting(code, jobs.worker_ids(launched)))
+
+    def mark_workers_lost(self, stats, reason):
+        """Every worker is gone with work left. Queue and dedupe are intact: a resume continues."""
+        code, launched = self.code, self.launched_workers
+
+        def effects():
+            # A worker job still queued in RQ must not start crawling a stopped crawl later on.
+            crawl_state.set_control(get_redis(), code, "stop")
+            jobs.cancel_waiting(code, jobs.worker_ids(launched))
+
+        return self._apply("workers_lost", stats=stats, reason=reason, effects=effects)
+
+    def begin_finishing(self, reason=""):
+        code, launched = self.code, self.launched_workers
+
+        def effects():
+            crawl_state.set_control(get_redis(), code, "finish")
+            jobs.cancel_waiting(code, jobs.worker_ids(launched))
+
+        return self._apply("finish", reason=reason, effects=effects)
+
+    def mark_finished(self, stats):
+        return self._apply("finished", stats=stats)
 
     def fail(self, reason):
-        self.transition(self.FAILED, reason=reason)
+        return self._apply("fail", reason=reason)
 
-    def finish(self, status, stats=None, reason=""):
-        """End the crawl as ``status`` (finished, stopped, cancelled, failed), keeping final counters."""
-        if stats is not None:
-            self.stats = stats
-            self.save(update_fields=["stats"])
-        self.transition(status, reason=reason)
+    # -- stalls (a flag on a running crawl, not a state) -------------------------------------------
+
+    def flag_stalled(self, reason):
+        """Set (or update) the stalled flag of a running crawl; returns whether the row changed."""
+        rows = Crawl.objects.filter(pk=self.pk, status=self.RUNNING)
+        changed = rows.filter(stalled_since__isnull=True).update(stalled_since=timezone.now(), stalled_reason=reason)
+        if not changed:
+            changed = rows.exclude(stalled_reason=reason).update(stalled_reason=reason)
+        if changed:
+            self.refresh_from_db(fields=["stalled_since", "stalled_reason"])
+        return bool(changed)
+
+    def clear_stalled(self):
+        changed = Crawl.objects.filter(pk=self.pk, stalled_since__isnull=False).update(stalled_since=None,
+                                                                                      stalled_reason="")
+        if changed:
+            self.stalled_since, self.stalled_reason = None, ""
+        return bool(changed)
+
+    def overdue_since(self, now=None):
+        """When a transient status passed its bound (None when it has not, or is not transient)."""
+        bound = transient_bound(self.status)
+        if bound is None:
+            return None
+        deadline = self.status_changed_at + timezone.timedelta(seconds=bound)
+        return deadline if (now or timezone.now()) >= deadline else None
 
     def next_worker_ids(self, count):
         """Hand out ``count`` fresh worker ids (w1, w2, ...), never reusing one."""
         with transaction.atomic():
             crawl = Crawl.objects.select_for_update().get(pk=self.pk)
             first = crawl.launched_workers + 1
-            crawl.launched_workers += count
-            crawl.save(update_fields=["launched_workers"])
-        self.launched_workers = crawl.launched_workers
+            Crawl.objects.filter(pk=self.pk).update(launched_workers=F("launched_workers") + count)
+        self.launched_workers = first - 1 + count
         return [f"w{n}" for n in range(first, first + count)]
 
     @property
@@ -193,6 +419,15 @@ class Crawl(models.Model):
 
     def limits(self):
         return self.definition.get("limits", {})
+
+
+def transient_bound(status):
+    """Seconds a crawl may stay in a transient ``status`` (settings), or None for other statuses."""
+    return {
+        Crawl.PAUSING: settings.CRAWL_PAUSING_BOUND,
+        Crawl.STOPPING: settings.CRAWL_STOPPING_BOUND,
+        Crawl.FINISHING: settings.CRAWL_FINISHING_BOUND,
+    }.get(status)
 
 
 class Item(models.Model):

@@ -14,7 +14,7 @@ urlpatterns = [
     path("projects/<int:pk>/delete/", views.project_delete, name="project-delete"),
     path("projects/<int:pk>/launch", views.project_launch, name="project-launch"),
     path("crawls/<str:code>/", views.crawl_detail, name="crawl-detail"),
-    re_path(r"^crawls/(?P<code>[a-z0-9]+)/(?P<action>pause|resume|stop|cancel|scale)$", views.crawl_control,
+    re_path(r"^crawls/(?P<code>[a-z0-9]+)/(?P<action>pause|resume|stop|force-stop|cancel|scale)$", views.crawl_control,
             name="crawl-control"),
     path("crawls/<str:code>/items/", views.crawl_items, name="crawl-items"),
     path("crawls/<str:code>/items/<str:key>.json", views.item_json, name="item-json"),

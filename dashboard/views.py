@@ -119,8 +119,11 @@ def project_launch(request, pk):
 
 @require_POST
 def crawl_control(request, code, action):
-    """The crawl page's pause / resume / stop / cancel / scale buttons."""
+    """The crawl page's pause / resume / stop / force stop / cancel / scale buttons."""
     crawl = _get_crawl_for_user(request, code)
+    action = action.replace("-", "_")  # URLs spell force_stop as force-stop
+    if action not in Crawl.USER_ACTIONS:
+        raise Http404("No such action.")
     try:
         if action == "scale":
             try:
@@ -135,14 +138,16 @@ def crawl_control(request, code, action):
     return redirect(crawl)
 
 
+BUTTON_STYLES = {"resume": "btn-primary", "cancel": "btn-danger", "force_stop": "btn-danger"}
+
+
 def crawl_controls(crawl):
-    """The control buttons of a crawl, each with the statuses it applies in and why not now."""
-    buttons = [("pause", "Pause", ""), ("resume", "Resume", "btn-primary"), ("stop", "Stop", ""),
-               ("cancel", "Cancel", "btn-danger")]
+    """The control buttons of a crawl, from the lifecycle table: the statuses each applies in and
+    why it cannot apply now."""
     return [
-        {"action": action, "label": label, "style": style, "allowed": engine.allowed_statuses(action),
-         "refusal": engine.refusal_reason(crawl, action)}
-        for action, label, style in buttons
+        {"action": action, "slug": action.replace("_", "-"), "label": Crawl.LIFECYCLE[action].label, "style": BUTTON_STYLES.get(action, ""),
+         "allowed": Crawl.allowed_statuses(action), "refusal": crawl.refusal(action)}
+        for action in Crawl.USER_ACTIONS if action != "scale"
     ]
 
 
@@ -150,9 +155,8 @@ def crawl_controls(crawl):
 def crawl_detail(request, code):
     crawl = _get_crawl_for_user(request, code)
     context = {"crawl": crawl, "controls": crawl_controls(crawl), **live.crawl_page_context(crawl)}
-    context["scale_allowed"] = engine.allowed_statuses("scale")
-    if crawl.status not in engine.SCALABLE:
-        context["scale_refusal"] = f"Only a running or paused crawl can be scaled; this one is {crawl.status}."
+    context["scale_allowed"] = Crawl.allowed_statuses("scale")
+    context["scale_refusal"] = crawl.refusal("scale")
     return render(request, "dashboard/crawl_detail.html", context)
 
 

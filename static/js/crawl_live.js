@@ -22,6 +22,34 @@
     document.dispatchEvent(new CustomEvent("crawlsite:status", {detail: {status: msg.status}}));
   }
 
+  // The stalled banner and the overdue panel; scraped or worker-written text goes in as textContent.
+  function applyAlerts(msg) {
+    var stalled = $('[data-live="stalled"]');
+    stalled.hidden = !msg.stalled;
+    $('[data-live="stalled-reason"]').textContent = msg.stalled ? msg.stalled.reason : "";
+    var panel = $('[data-live="overdue"]');
+    var overdue = msg.overdue;
+    panel.hidden = !overdue;
+    if (!overdue) return;
+    $('[data-live="overdue-status"]').textContent = overdue.status;
+    $('[data-live="overdue-bound"]').textContent = Math.round(overdue.bound);
+    var body = $('[data-live="holders"]');
+    var tpl = $('template[data-template="holder"]');
+    body.textContent = "";
+    (overdue.holders || []).forEach(function (h) {
+      var row = tpl.content.firstElementChild.cloneNode(true);
+      row.setAttribute("data-holder", h.worker);
+      ["worker", "state", "leases", "in_flight", "why"].forEach(function (f) {
+        var cell = row.querySelector('[data-field="' + f + '"]');
+        if (cell) cell.textContent = h[f] == null ? "" : String(h[f]);
+      });
+      var time = row.querySelector('[data-field="last_heartbeat"]');
+      if (time) time.setAttribute("data-time", h.last_heartbeat == null ? "" : String(h.last_heartbeat));
+      body.appendChild(row);
+    });
+    refreshTimes();
+  }
+
   function applyCounters(msg) {
     Object.keys(msg.counters || {}).forEach(function (name) {
       var el = $('[data-counter="' + name + '"]');
@@ -201,6 +229,7 @@
     if (msg.series_fields) fields = msg.series_fields;
     series = (msg.series || []).slice();
     applyStatus(msg);
+    applyAlerts(msg);
     applyCounters(msg);
     applyStatusCodes(msg.status_codes, (msg.counters || {}).pages);
     applyWorkers(msg.workers);
@@ -211,6 +240,7 @@
 
   function update(msg) {
     applyStatus(msg);
+    applyAlerts(msg);
     applyCounters(msg);
     applyStatusCodes(msg.status_codes, (msg.counters || {}).pages);
     applyWorkers(msg.workers);

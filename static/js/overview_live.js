@@ -19,6 +19,13 @@
     }
     var badge = L.setField(tr, "status", row.status_display);
     badge.className = "badge badge-" + row.status;
+    // Stalled, or past the bound of pausing/stopping/finishing: a marker; the crawl page says why.
+    var alert = tr.querySelector('[data-field="alert"]');
+    if (alert) {
+      alert.hidden = !row.overdue && !row.stalled;
+      alert.textContent = row.overdue ? "overdue" : (row.stalled ? "stalled" : "");
+      alert.title = row.overdue ? "Still " + row.overdue.status + " past its bound" : (row.stalled ? row.stalled.reason : "");
+    }
     var c = row.counters || {};
     L.setField(tr, "pages", L.formatNumber(c.pages));
     L.setField(tr, "items", L.formatNumber(c.items));

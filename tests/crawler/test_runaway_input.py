@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from crawler import definition, keys, state
-from crawler.state import ITEMS_TOO_LARGE
+from crawler.counters import ITEMS_TOO_LARGE
 from helpers import ROOT, conduct, start_worker, stream_items
 
 

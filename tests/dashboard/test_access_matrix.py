@@ -41,6 +41,7 @@ HTTP_TABLE = [
     ("POST", "/crawls/{crawl}/resume", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{crawl}/cancel", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{running}/scale", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/crawls/{stopping}/force-stop", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/{item}.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/export?format=jsonl", LOGIN, NOT_FOUND, OK, NOT_FOUND),
@@ -70,6 +71,7 @@ HTTP_TABLE = [
     ("POST", "/api/crawls/{crawl}/resume", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{crawl}/cancel", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{running}/scale", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/crawls/{stopping}/force-stop", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/items", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=json", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=xlsx", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
@@ -90,6 +92,7 @@ def world(db, owner, outsider, staff):
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.STOPPED)
     running = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING, workers=1)
     finished = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
+    stopping = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.STOPPING)
     item = Item.objects.create(crawl=crawl, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     Item.objects.create(crawl=finished, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     staff.is_superuser = True
@@ -99,7 +102,7 @@ def world(db, owner, outsider, staff):
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
         "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key,
-                "snapshot": item.pk, "token": token.public_id},
+                "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code},
     }
 
 
@@ -188,8 +191,8 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|item|snapshot|token)\}", "{}", path)
-    for action in ("pause", "resume", "stop", "cancel", "scale"):
+    path = re.sub(r"\{(project|spare|crawl|running|stopping|item|snapshot|token)\}", "{}", path)
+    for action in ("pause", "resume", "stop", "force-stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path
 

@@ -21,7 +21,7 @@ from django.core.management import CommandError, call_command
 from redis.exceptions import RedisError
 
 from crawler import keys, state
-from dashboard import engine
+from dashboard import engine, jobs
 from dashboard.conductor import Conductor
 from dashboard.models import ApiToken, Crawl, InvalidTransition
 from demosite import start_site
@@ -243,7 +243,7 @@ def test_stop_frees_the_workers_keeps_queue_and_dedupe_and_resume_relaunches(own
     assert crawl.status == Crawl.RUNNING
     crawl.refresh_from_db()
     assert crawl.launched_workers == 4  # w3 and w4 launched again
-    assert set(engine.job_statuses(crawl)) == {"w1", "w2", "w3", "w4"}
+    assert set(jobs.statuses(crawl.code, crawl.launched_workers)) == {"w1", "w2", "w3", "w4"}
     start_rq_workers(procs, 2)
     driver.finish(crawl, site)
     wait_exit(procs)
@@ -276,7 +276,7 @@ def test_pause_resume_stop_resume_scale_up_stores_every_item_once(owner, site, d
     crawl.refresh_from_db()
     crawl = engine.scale(crawl, 3)
     assert crawl.workers == 3
-    assert engine.job_statuses(crawl)["w5"] == "queued"
+    assert jobs.statuses(crawl.code, crawl.launched_workers)["w5"] == "queued"
     start_rq_workers(procs, 1)
     driver.finish(crawl, site)
     wait_exit(procs)
@@ -307,7 +307,7 @@ def test_a_worker_killed_with_sigkill_loses_nothing(owner, site, driver, procs, 
     assert held > 0
     driver.finish(crawl, site)
     wait_exit(procs)
-    assert engine.job_statuses(crawl)["w1"] == "failed"
+    assert jobs.statuses(crawl.code, crawl.launched_workers)["w1"] == "failed"
 
 
 def test_conductor_killed_and_restarted_mid_crawl(owner, site, driver, procs, redis_client):
@@ -522,4 +522,4 @@ def test_scale_down_retires_a_worker_that_hands_back_its_leases(owner, site, dri
     assert w1["state"] in ("running", "idle")
     driver.finish(crawl, site)
     wait_exit(procs)
-    assert engine.job_statuses(crawl)["w2"] == "finished"
+    assert jobs.statuses(crawl.code, crawl.launched_workers)["w2"] == "finished"

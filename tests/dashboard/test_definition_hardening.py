@@ -296,7 +296,7 @@ def test_a_plain_user_agent_is_kept(client, auth):
 @pytest.mark.django_db
 def test_items_too_large_show_next_to_errors_in_the_api_and_the_page(owner_client, owner, auth, client):
     from crawler import keys
-    from crawler.state import ITEMS_TOO_LARGE
+    from crawler.counters import ITEMS_TOO_LARGE
     from dashboard.models import Crawl
     from dashboard.redis import get_redis
 

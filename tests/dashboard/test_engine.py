@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from crawler import keys
-from dashboard import engine
+from crawler import keys, state
+from dashboard import engine, ingest, jobs
 from dashboard.conductor import Conductor
 from dashboard.models import Crawl, Project
 from demosite import start_site
@@ -132,10 +132,10 @@ def test_launch_writes_definition_seeds_and_jobs(owner, site, redis_client):
     crawl = engine.launch(make_project(owner, site), workers=3)
     assert redis_client.get(keys.control(crawl.code)) == "run"
     assert redis_client.zcard(keys.queue(crawl.code)) == 1
-    statuses = engine.job_statuses(crawl)
+    statuses = jobs.statuses(crawl.code, crawl.launched_workers)
     assert statuses == {"w1": "queued", "w2": "queued", "w3": "queued"}
-    engine.cancel_waiting_jobs(crawl)
-    assert set(engine.job_statuses(crawl).values()) == {"canceled"}
+    jobs.cancel_waiting(crawl.code, jobs.worker_ids(crawl.launched_workers))
+    assert set(jobs.statuses(crawl.code, crawl.launched_workers).values()) == {"canceled"}
 
 
 def test_conductor_stores_lone_surrogates_as_replacement_characters(owner, redis_client):
@@ -146,10 +146,10 @@ def test_conductor_stores_lone_surrogates_as_replacement_characters(owner, redis
 
     project = project_for(owner)
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING)
-    engine.ensure_items_group(redis_client, crawl.code)
+    state.ensure_items_group(redis_client, crawl.code)
     raw = jsonlib.dumps({"url": "http://127.0.0.1:9/p", "title": "a\ud800b", "tags": ["\udfff"]})
     redis_client.xadd(keys.items(crawl.code), {"key": "fp:0", "url": "http://127.0.0.1:9/p", "worker": "w1", "data": raw})
-    assert Conductor(tick=0.1).drain_items(crawl) == 1
+    assert len(ingest.drain(redis_client, crawl)) == 1
     item = crawl.items.get()
     assert item.data == {"url": "http://127.0.0.1:9/p", "title": "a\ufffdb", "tags": ["\ufffd"]}
     assert jsonlib.dumps(item.data, ensure_ascii=False).encode("utf-8")
@@ -245,17 +245,17 @@ def test_an_rq_job_stopped_mid_crawl_loses_nothing(owner, monkeypatch):
         procs = start_rq_workers(2)
         conductor = Conductor(tick=0.1)
         deadline = time.monotonic() + 60
-        while engine.job_statuses(crawl).get("w1") != "started" or crawl.items.count() < 2:
+        while jobs.statuses(crawl.code, crawl.launched_workers).get("w1") != "started" or crawl.items.count() < 2:
             assert time.monotonic() < deadline, "w1 never started working"
             conductor.hold_lock() and conductor.tick()
             time.sleep(0.1)
-        send_stop_job_command(django_rq.get_connection("crawls"), engine.job_id(crawl.code, "w1"))
+        send_stop_job_command(django_rq.get_connection("crawls"), jobs.job_id(crawl.code, "w1"))
         conductor.release()
         conduct_until_done([crawl])
         for proc in procs:
             proc.wait(90)
         assert crawl.status == Crawl.FINISHED, crawl.reason
-        assert engine.job_statuses(crawl)["w1"] in ("stopped", "failed")
+        assert jobs.statuses(crawl.code, crawl.launched_workers)["w1"] in ("stopped", "failed")
         check_items_exactly_once(crawl, site)
     finally:
         site.stop()

@@ -197,7 +197,7 @@ def test_nothing_in_redis_is_pickled(owner):
     import redis as redis_lib
     from django.conf import settings
 
-    from dashboard import engine
+    from dashboard import engine, jobs
 
     project = project_for(owner)
     engine.launch(project, workers=2)
@@ -214,7 +214,7 @@ def test_nothing_in_redis_is_pickled(owner):
             assert not value.startswith(PICKLE_PREFIXES), key
             checked += 1
     assert checked > 5
-    job = raw.hget(f"rq:job:{engine.job_id(project.crawls.get().code, 'w1')}".encode(), "data")
+    job = raw.hget(f"rq:job:{jobs.job_id(project.crawls.get().code, 'w1')}".encode(), "data")
     assert json.loads(zlib.decompress(job))  # the job's call is JSON
 
 

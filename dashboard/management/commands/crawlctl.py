@@ -5,11 +5,11 @@ from dashboard.models import Crawl, InvalidTransition
 
 
 class Command(BaseCommand):
-    help = "Control a crawl: pause, resume, stop, cancel, or scale N."
+    help = "Control a crawl: pause, resume, stop, force_stop, cancel, or scale N (Crawl.LIFECYCLE)."
 
     def add_arguments(self, parser):
         parser.add_argument("code", help="the crawl's code")
-        parser.add_argument("action", choices=["pause", "resume", "stop", "cancel", "scale"])
+        parser.add_argument("action", choices=list(Crawl.USER_ACTIONS))
         parser.add_argument("workers", nargs="?", type=int, help="for scale: the number of workers")
 
     def handle(self, code, action, workers=None, **options):
