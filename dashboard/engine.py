@@ -74,8 +74,11 @@ def control(crawl, action):
     get_redis().ping()  # Redis away: refuse before changing anything (the API's 503)
     crawl = Crawl.objects.select_related("project").get(pk=crawl.pk)
     if action == "resume" and crawl.status == Crawl.STOPPED:
-        quotas.check_launch(crawl.project.owner, crawl.workers)  # a resume relaunches its workers
-    if action == "force_stop":
+        # A resume relaunches its workers: checked against the caps in the transaction that resumes.
+        with transaction.atomic():
+            quotas.check_launch(crawl.project.owner, crawl.workers)
+            crawl.resume()
+    elif action == "force_stop":
         crawl.force_stop()
         finalize(crawl)
     else:

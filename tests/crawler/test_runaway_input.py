@@ -15,6 +15,7 @@ import pytest
 from crawler import definition, keys, state
 from crawler.counters import ITEMS_TOO_LARGE
 from helpers import ROOT, conduct, start_worker, stream_items
+from tests.servers import allow_crawling, disallow_crawling
 
 
 class PagesSite:
@@ -45,9 +46,11 @@ class PagesSite:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
+        allow_crawling("127.0.0.1", self.server.server_port)  # loopback is refused unless opened
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
+        disallow_crawling("127.0.0.1", self.server.server_port)
         self.server.shutdown()
         self.server.server_close()
 

@@ -229,7 +229,7 @@ def test_a_spider_that_is_not_installed_is_refused():
             validate_definition({"name": "x", "start_urls": ["http://127.0.0.1:9/"], "spider": path})
         assert "spider" in info.value.errors
         assert message.lower() in " ".join(info.value.errors["spider"]).lower()
-        assert "available: not-a-spider, shop, stuck" in " ".join(info.value.errors["spider"]).lower()
+        assert "available: errback-shop, not-a-spider, shop, stuck" in " ".join(info.value.errors["spider"]).lower()
 
 
 def test_an_rq_job_stopped_mid_crawl_loses_nothing(owner, monkeypatch):

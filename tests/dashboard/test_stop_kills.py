@@ -15,7 +15,7 @@ import pytest
 from rq.job import Job
 
 from crawler import keys, state
-from dashboard import engine
+from dashboard import engine, jobs
 from dashboard.models import ApiToken, Crawl, Project, validate_definition
 from demosite import start_site
 from demosite.catalog import Profile
@@ -99,7 +99,7 @@ def worker_state(redis, crawl, worker="w1"):
 
 def job(crawl, worker="w1"):
     queue = django_rq.get_queue("crawls")
-    return Job.fetch(engine.job_id(crawl.code, worker), connection=queue.connection, serializer=queue.serializer)
+    return Job.fetch(jobs.job_id(crawl.code, worker), connection=queue.connection, serializer=queue.serializer)
 
 
 def api(client, auth, crawl, action):
