@@ -17,15 +17,15 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.results import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Conductor at scale (issue 12)"
 WORKERS = 2  # simulated workers per crawl
 ITEMS_PER_TICK = 2  # items each crawl pushes between two ticks
@@ -222,13 +222,7 @@ def report(results, args, tick_ms, load):
 
 
 def write_results(section):
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda m: section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    write_section(SECTION, section)
 
 
 def main():

@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -51,6 +50,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from bench.results import write_section as write_named_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Pause, resume and SIGKILL (issue 5)"
@@ -431,16 +432,6 @@ def render_random(res, command) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_named_section(path: Path, heading: str, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def _each(runs, field):
     return ", ".join(str(x[field]) for x in runs)
 
@@ -497,16 +488,6 @@ def render(res, command) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(r"^## Pause, resume and SIGKILL \(issue 5\)\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(old):
-        new = pattern.sub(lambda _m: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.control_bench")
     ap.add_argument("--pauses", type=int, default=3)
@@ -541,7 +522,7 @@ def main(argv=None) -> int:
             text = render_random(res, command)
             print(text, flush=True)
             if not args.no_write:
-                write_named_section(ROOT / "bench" / "RESULTS.md", RANDOM_SECTION, text)
+                write_named_section(RANDOM_SECTION, text)
             if args.part == "pauses":
                 return 0
         pause, reference = bench_pause(r, server.url, site, definition, expected, args.pauses)
@@ -560,7 +541,7 @@ def main(argv=None) -> int:
         text = render(res, " ".join(["python -m bench.control_bench", *(argv if argv is not None else sys.argv[1:])]))
         print(text)
         if not args.no_write:
-            write_section(ROOT / "bench" / "RESULTS.md", text)
+            write_named_section(SECTION, text)
     finally:
         for proc in STARTED:
             if proc.poll() is None:
