@@ -20,9 +20,10 @@ from dashboard.models import ApiToken, Crawl, Project, validate_definition
 from demosite import start_site
 from demosite.catalog import Profile
 from tests.crawler.custom_spiders import StuckSpider
-from tests.dashboard.test_control import Driver, crawl_keys, crawler_processes, wait_exit
+from tests.dashboard.test_control import crawl_keys, crawler_processes, wait_exit
+from tests.dashboard.test_control import driver, procs  # noqa: F401 - fixtures
 from tests.dashboard.test_engine import make_project
-from tests.workers import kill_tree, start_rq_workers
+from tests.workers import start_rq_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,22 +37,6 @@ def site():
     site = start_site(profile=TINY)
     yield site
     site.stop()
-
-
-@pytest.fixture
-def driver(redis_client):
-    driver = Driver(redis_client)
-    yield driver
-    driver.release()
-
-
-@pytest.fixture
-def procs():
-    started = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            kill_tree(proc)
 
 
 @pytest.fixture
