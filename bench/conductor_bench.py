@@ -18,11 +18,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.live_bench import setup_environment
 from bench.results import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,25 +30,6 @@ SECTION = "## Conductor at scale (issue 12)"
 WORKERS = 2  # simulated workers per crawl
 ITEMS_PER_TICK = 2  # items each crawl pushes between two ticks
 LEASES = 4  # requests each worker holds
-
-
-def setup_environment(tmp):
-    from launcher.redis import EmbeddedRedis
-
-    redis_server = EmbeddedRedis(os.path.join(tmp, "redis")).start()
-    os.environ.update({
-        "REDIS_URL": redis_server.url, "RQ_REDIS_URL": redis_server.url,
-        "DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3", "CRAWLSITE_VAR_DIR": os.path.join(tmp, "var"),
-        "DJANGO_SETTINGS_MODULE": "crawlsite.settings", "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING",
-    })
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    return redis_server
 
 
 class Fleet:
@@ -233,7 +214,7 @@ def main():
     args = parser.parse_args()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        redis_server = setup_environment(tmp)
+        redis_server, _port = setup_environment(tmp)
         try:
             from django.conf import settings
             from django.contrib.auth import get_user_model

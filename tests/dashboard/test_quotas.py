@@ -11,19 +11,12 @@ from django.urls import reverse
 
 from dashboard import engine, quotas
 from dashboard.models import Crawl
-from demosite import start_site
 from tests.dashboard.factories import project_for
 from tests.dashboard.test_engine import conduct_until_done, make_project
+from tests.dashboard.test_engine import site  # noqa: F401 - fixture
 from tests.workers import start_rq_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def site():
-    site = start_site(profile="test")
-    yield site
-    site.stop()
 
 
 def launch_url(project):
