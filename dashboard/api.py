@@ -68,7 +68,8 @@ class ValidationOut(Schema):
 
 
 class ProjectOut(Schema):
-    id: int
+    id: str  # the project's public code; kept under "id" so scripts written against it still work
+    code: str
     name: str
     definition: dict[str, Any]
     created_at: datetime
@@ -123,7 +124,8 @@ class OverdueOut(Schema):
 
 class CrawlOut(Schema):
     code: str
-    project: int
+    project: str
+    trigger: str
     status: str
     status_since: datetime
     reason: str
@@ -142,7 +144,8 @@ class CrawlOut(Schema):
 def project_out(project):
     latest = project.latest_crawl()
     return {
-        "id": project.pk,
+        "id": project.code,
+        "code": project.code,
         "name": project.name,
         "definition": project.definition,
         "created_at": project.created_at,
@@ -169,7 +172,8 @@ def crawl_out(crawl):
 
 
 def _project(request, project_id):
-    return get_object_or_404(Project.objects.for_user(request.user), pk=project_id)
+    """The user's project by its public code (``id`` in the API), or 404."""
+    return get_object_or_404(Project.objects.for_user(request.user), code=project_id)
 
 
 def _crawl(request, code):
@@ -229,13 +233,13 @@ def list_projects(request):
 
 
 @api.get("/projects/{project_id}", response={200: ProjectOut, 404: ErrorOut}, tags=["projects"])
-def get_project(request, project_id: int):
+def get_project(request, project_id: str):
     return project_out(_project(request, project_id))
 
 
 @api.put("/projects/{project_id}", response={200: ProjectOut, 404: ErrorOut, 409: ErrorOut, 422: ValidationOut},
          tags=["projects"])
-def update_project(request, project_id: int, payload: dict[str, Any] = Body(...)):
+def update_project(request, project_id: str, payload: dict[str, Any] = Body(...)):
     """Replace the definition. Crawls already launched keep their frozen copy."""
     project = _project(request, project_id)
     definition, error = _validated(payload)
@@ -246,7 +250,7 @@ def update_project(request, project_id: int, payload: dict[str, Any] = Body(...)
 
 
 @api.delete("/projects/{project_id}", response={204: None, 404: ErrorOut, 409: ErrorOut}, tags=["projects"])
-def delete_project(request, project_id: int):
+def delete_project(request, project_id: str):
     project = _project(request, project_id)
     if project.crawls.active().exists():
         return Status(409, {"detail": "This project has crawls still running: stop or cancel them first."})
@@ -256,13 +260,13 @@ def delete_project(request, project_id: int):
 
 @api.post("/projects/{project_id}/crawls",
           response={201: CrawlOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 503: ErrorOut}, tags=["crawls"])
-def launch_crawl(request, project_id: int, payload: LaunchIn = Body(None)):
+def launch_crawl(request, project_id: str, payload: LaunchIn = Body(None)):
     """Launch a crawl of the project on ``workers`` workers (default: the definition's).
     409 when it would pass a per-user cap (active crawls or workers); the detail names it."""
     project = _project(request, project_id)
     workers = payload.workers if payload else None
     try:
-        crawl = engine.launch(project, workers=workers)
+        crawl = engine.launch(project, workers=workers, trigger=Crawl.TRIGGER_API)
     except engine.LaunchError as exc:
         status = 503 if "Redis is unreachable" in str(exc) else 422
         return Status(status, {"detail": str(exc)})
@@ -273,7 +277,7 @@ def launch_crawl(request, project_id: int, payload: LaunchIn = Body(None)):
 
 
 @api.get("/projects/{project_id}/crawls", response={200: list[CrawlOut], 404: ErrorOut}, tags=["crawls"])
-def list_crawls(request, project_id: int):
+def list_crawls(request, project_id: str):
     project = _project(request, project_id)
     return [crawl_out(c) for c in project.crawls.select_related("project")[:100]]
 

@@ -36,8 +36,9 @@ def check_workers(count):
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
 
 
-def launch(project, workers=None):
-    """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's)."""
+def launch(project, workers=None, trigger=Crawl.TRIGGER_USER):
+    """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's).
+    ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``)."""
     try:
         definition = frozen_definition(validate_definition(project.definition))
     except DefinitionError as exc:
@@ -47,7 +48,7 @@ def launch(project, workers=None):
     check_redis()
     with transaction.atomic():
         quotas.check_launch(project.owner, count)  # raises quotas.QuotaExceeded
-        crawl = Crawl.objects.create(project=project, definition=definition, workers=count)
+        crawl = Crawl.objects.create(project=project, definition=definition, workers=count, trigger=trigger)
         transaction.on_commit(lambda: start(crawl))
     return crawl
 

@@ -452,8 +452,9 @@ def crawl_view(crawl, reading, now=None):
     rows = with_waiting_workers(counters.get("workers", {}), counters.get("jobs", {}))
     return {
         "code": crawl.code,
-        "project": crawl.project_id,
+        "project": crawl.project.code,
         "project_name": crawl.project.name,
+        "trigger": crawl.trigger,
         "url": crawl_url(crawl.code),
         "status": crawl.status,
         "status_display": crawl.get_status_display(),

@@ -40,6 +40,8 @@ class ProjectQuerySet(models.QuerySet):
 
 
 class Project(models.Model):
+    code = models.CharField(max_length=32, unique=True, default=new_code, editable=False,
+                            help_text="Public code used in URLs and the API, like a crawl's.")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="projects")
     name = models.CharField(max_length=200)
     definition = models.JSONField(help_text="The validated crawl definition (docs/crawler.md).")
@@ -56,7 +58,7 @@ class Project(models.Model):
         return self.name
 
     def get_absolute_url(self):
-        return reverse("dashboard:project-detail", args=[self.pk])
+        return reverse("dashboard:project-detail", args=[self.code])
 
     def set_definition(self, definition):
         """Store an already validated definition; the name lives in both places."""
@@ -168,8 +170,22 @@ class Crawl(models.Model):
     )}
     USER_ACTIONS = tuple(name for name, a in LIFECYCLE.items() if a.by_user)
 
+    # What started a crawl (issue 14's schedules and issue 13's Scrapyd API add their own).
+    TRIGGER_USER = "user"
+    TRIGGER_API = "api"
+    TRIGGER_SCHEDULE = "schedule"
+    TRIGGER_SCRAPYD = "scrapyd"
+    TRIGGER_CHOICES = [
+        (TRIGGER_USER, "User"),
+        (TRIGGER_API, "API"),
+        (TRIGGER_SCHEDULE, "Schedule"),
+        (TRIGGER_SCRAPYD, "Scrapyd API"),
+    ]
+
     code = models.CharField(max_length=32, unique=True, default=new_code, editable=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="crawls")
+    trigger = models.CharField(max_length=16, choices=TRIGGER_CHOICES, default=TRIGGER_USER,
+                               help_text="What started the crawl: the web UI, the API, a schedule or the Scrapyd API.")
     definition = models.JSONField(help_text="Frozen copy of the project's definition at launch.")
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PENDING, db_index=True)
     status_changed_at = models.DateTimeField(default=timezone.now, help_text="When the status last changed.")

@@ -20,9 +20,10 @@ from dashboard.health import health
 from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError
 
 
-def _get_project_for_user(request, pk):
-    """The user's own project, or 404 (another owner's project does not exist for them)."""
-    return get_object_or_404(Project.objects.for_user(request.user), pk=pk)
+def _get_project_for_user(request, code):
+    """The user's own project by its public code, or 404 (another owner's project does not exist
+    for them)."""
+    return get_object_or_404(Project.objects.for_user(request.user), code=code)
 
 
 def _get_crawl_for_user(request, code):
@@ -64,8 +65,8 @@ def project_create(request):
 
 
 @require_http_methods(["GET", "POST"])
-def project_edit(request, pk):
-    project = _get_project_for_user(request, pk)
+def project_edit(request, code):
+    project = _get_project_for_user(request, code)
     form = ProjectForm(request.POST or None, initial=ProjectForm.initial_from(project.definition))
     if request.method == "POST" and form.is_valid():
         if _save_project(request, form, project):
@@ -75,16 +76,16 @@ def project_edit(request, pk):
 
 
 @require_GET
-def project_detail(request, pk):
-    project = _get_project_for_user(request, pk)
+def project_detail(request, code):
+    project = _get_project_for_user(request, code)
     crawls = project.crawls.all()[:50]
     return render(request, "dashboard/project_detail.html",
                   {"project": project, "crawls": crawls, "usage": quotas.summary(request.user)})
 
 
 @require_http_methods(["GET", "POST"])
-def project_delete(request, pk):
-    project = _get_project_for_user(request, pk)
+def project_delete(request, code):
+    project = _get_project_for_user(request, code)
     active = project.crawls.active().exists()
     if request.method == "POST":
         if active:
@@ -98,8 +99,8 @@ def project_delete(request, pk):
 
 
 @require_POST
-def project_launch(request, pk):
-    project = _get_project_for_user(request, pk)
+def project_launch(request, code):
+    project = _get_project_for_user(request, code)
     workers = request.POST.get("workers", "")
     try:
         workers = parse_whole_number(workers, "Workers", 1, MAX_WORKERS) if workers else None
@@ -279,9 +280,9 @@ def crawl_xlsx_file(request, code, snapshot):
 
 
 @require_GET
-def project_export(request, pk):
+def project_export(request, code):
     """The latest finished crawl of a project, at a URL that stays the same between runs."""
-    project = _get_project_for_user(request, pk)
+    project = _get_project_for_user(request, code)
     crawl = project.crawls.filter(status=Crawl.FINISHED).order_by("-finished_at", "-id").first()
     if crawl is None:
         return JsonResponse({"detail": f"Project {project.name!r} has no finished crawl yet."}, status=404)

@@ -101,7 +101,7 @@ def world(db, owner, outsider, staff):
     token, _secret = ApiToken.create_for(owner, "owner's script")
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
-        "ids": {"project": project.pk, "spare": spare.pk, "crawl": crawl.code, "running": running.code, "item": item.key,
+        "ids": {"project": project.code, "spare": spare.code, "crawl": crawl.code, "running": running.code, "item": item.key,
                 "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code},
     }
 

@@ -43,7 +43,7 @@ def test_create_project_with_a_token(client, auth, owner):
     body = response.json()
     assert body["name"] == "Books"
     assert body["definition"]["allowed_domains"] == ["127.0.0.1"]
-    assert Project.objects.get(pk=body["id"]).owner == owner
+    assert Project.objects.get(code=body["id"]).owner == owner
 
 
 def test_create_project_rejects_bad_fields_with_422_naming_them(client, auth):
@@ -84,30 +84,30 @@ def test_owners_see_only_their_projects(client, auth, owner, outsider):
     mine = project_for(owner, "mine")
     theirs = project_for(outsider, "theirs")
     listed = client.get("/api/projects", **auth).json()
-    assert [p["id"] for p in listed] == [mine.pk]
-    assert client.get(f"/api/projects/{theirs.pk}", **auth).status_code == 404
-    assert client.put(f"/api/projects/{theirs.pk}", json.dumps(definition("x")), content_type="application/json", **auth).status_code == 404
-    assert client.delete(f"/api/projects/{theirs.pk}", **auth).status_code == 404
-    assert post_json(client, f"/api/projects/{theirs.pk}/crawls", {}, **auth).status_code == 404
+    assert [p["id"] for p in listed] == [mine.code]
+    assert client.get(f"/api/projects/{theirs.code}", **auth).status_code == 404
+    assert client.put(f"/api/projects/{theirs.code}", json.dumps(definition("x")), content_type="application/json", **auth).status_code == 404
+    assert client.delete(f"/api/projects/{theirs.code}", **auth).status_code == 404
+    assert post_json(client, f"/api/projects/{theirs.code}/crawls", {}, **auth).status_code == 404
     assert Project.objects.filter(pk=theirs.pk).exists()
 
 
 def test_update_and_delete_project(client, auth, owner):
     project = project_for(owner, "old")
-    response = client.put(f"/api/projects/{project.pk}", json.dumps(definition("new")), content_type="application/json", **auth)
+    response = client.put(f"/api/projects/{project.code}", json.dumps(definition("new")), content_type="application/json", **auth)
     assert response.status_code == 200 and response.json()["name"] == "new"
-    response = client.put(f"/api/projects/{project.pk}", json.dumps(definition("new", start_urls=[])), content_type="application/json", **auth)
+    response = client.put(f"/api/projects/{project.code}", json.dumps(definition("new", start_urls=[])), content_type="application/json", **auth)
     assert response.status_code == 422 and "start_urls" in response.json()["errors"]
     project.refresh_from_db()
     assert project.name == "new" and project.definition["start_urls"]
-    assert client.delete(f"/api/projects/{project.pk}", **auth).status_code == 204
+    assert client.delete(f"/api/projects/{project.code}", **auth).status_code == 204
     assert not Project.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
 def test_launch_crawl_and_read_it(client, auth, owner):
     project = project_for(owner)
-    response = post_json(client, f"/api/projects/{project.pk}/crawls", {"workers": 2}, **auth)
+    response = post_json(client, f"/api/projects/{project.code}/crawls", {"workers": 2}, **auth)
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["status"] == "running" and body["workers"] == 2
@@ -115,18 +115,30 @@ def test_launch_crawl_and_read_it(client, auth, owner):
     crawl = client.get(f"/api/crawls/{body['code']}", **auth).json()
     assert set(crawl["counters"]) == {"queued", "seen", "pages", "items", "errors", "items_too_large", "in_flight"}
     assert set(crawl["rates"]) == {"pages_per_s", "items_per_s"}
+    assert crawl["project"] == project.code and crawl["trigger"] == "api"
+    assert Crawl.objects.get(code=body["code"]).trigger == Crawl.TRIGGER_API
     # a project with a running crawl cannot be deleted
-    assert client.delete(f"/api/projects/{project.pk}", **auth).status_code == 409
+    assert client.delete(f"/api/projects/{project.code}", **auth).status_code == 409
+
+
+@pytest.mark.django_db
+def test_projects_are_addressed_by_public_code_not_integer_id(client, auth, owner):
+    project = project_for(owner)
+    body = client.get(f"/api/projects/{project.code}", **auth).json()
+    assert body["id"] == body["code"] == project.code and not project.code.isdigit()
+    assert client.get(f"/api/projects/{project.pk}", **auth).status_code == 404
+    assert client.get(project.get_absolute_url()).status_code in (200, 302)
+    assert str(project.pk) not in project.get_absolute_url().split("/")
 
 
 @pytest.mark.django_db(transaction=True)
 def test_launch_rejects_bad_worker_counts(client, auth, owner):
     project = project_for(owner)
     for workers in (0, 65):
-        response = post_json(client, f"/api/projects/{project.pk}/crawls", {"workers": workers}, **auth)
+        response = post_json(client, f"/api/projects/{project.code}/crawls", {"workers": workers}, **auth)
         assert response.status_code == 422
         assert "workers must be a whole number" in response.json()["detail"]
-    response = post_json(client, f"/api/projects/{project.pk}/crawls", {"workers": "many"}, **auth)
+    response = post_json(client, f"/api/projects/{project.code}/crawls", {"workers": "many"}, **auth)
     assert response.status_code == 422
     assert not Crawl.objects.exists()
 
@@ -135,7 +147,7 @@ def test_launch_rejects_bad_worker_counts(client, auth, owner):
 def test_launch_with_redis_down_is_503_and_leaves_no_crawl(client, auth, owner, settings):
     project = project_for(owner)
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    response = post_json(client, f"/api/projects/{project.pk}/crawls", {}, **auth)
+    response = post_json(client, f"/api/projects/{project.code}/crawls", {}, **auth)
     assert response.status_code == 503
     assert "Redis is unreachable" in response.json()["detail"]
     assert not Crawl.objects.exists()

@@ -86,7 +86,7 @@ def test_hostile_spider_paths_are_refused_and_nothing_is_imported(owner):
         # a project stored before spiders were chosen by name: launching it imports nothing either
         old = Project.objects.create(owner=owner, name="Old", definition={
             **definition("Old", item={"fields": []}), "spider": "tests.crawler.import_probe.ProbeSpider"})
-        status, body = _api(server, "POST", f"/api/projects/{old.pk}/crawls", token, {})
+        status, body = _api(server, "POST", f"/api/projects/{old.code}/crawls", token, {})
         assert status == 422 and "by name" in body["detail"], body
         status, body = _api(server, "GET", "/api/projects", token)
         assert status == 200 and len(body) == 1  # still serving
@@ -125,13 +125,13 @@ def test_the_form_offers_the_installed_spiders(owner_client, settings):
 def test_an_old_dotted_path_shows_as_not_installed_and_cannot_be_saved(owner_client, owner):
     project = Project.objects.create(owner=owner, name="Old", definition={
         **definition("Old", item={"fields": []}), "spider": "myproject.spiders.Old"})
-    url = reverse("dashboard:project-edit", args=[project.pk])
+    url = reverse("dashboard:project-edit", args=[project.code])
     page = owner_client.get(url).content.decode()
     assert "myproject.spiders.Old (not installed)" in page
     response = owner_client.post(url, {**ProjectForm.initial_from(project.definition), "name": "Old"})
     errors = response.context["form"].errors["spider"]
     assert any("chosen by name" in e and "shop" in e for e in errors), errors
-    response = owner_client.post(reverse("dashboard:project-launch", args=[project.pk]), follow=True)
+    response = owner_client.post(reverse("dashboard:project-launch", args=[project.code]), follow=True)
     assert "chosen by name" in response.content.decode()
     assert not project.crawls.exists()
 

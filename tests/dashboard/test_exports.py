@@ -361,7 +361,7 @@ def test_project_export_serves_the_latest_finished_crawl(owner_client, owner):
     Crawl.objects.filter(pk=old.pk).update(finished_at="2030-01-01T00:00:00Z")
     Crawl.objects.filter(pk=new.pk).update(finished_at="2030-01-02T00:00:00Z")
 
-    response = owner_client.get(reverse("dashboard:project-export", args=[project.pk]) + "?format=json")
+    response = owner_client.get(reverse("dashboard:project-export", args=[project.code]) + "?format=json")
     assert response.status_code == 200
     assert json.loads(b"".join(response.streaming_content)) == [{"url": "https://e/new", "title": "new"}]
     assert new.code in response["Content-Disposition"]
@@ -370,19 +370,19 @@ def test_project_export_serves_the_latest_finished_crawl(owner_client, owner):
 def test_project_export_without_a_finished_crawl_is_404_with_a_reason(owner_client, owner):
     project = make_project(owner)
     make_crawl(project, status=Crawl.RUNNING)
-    response = owner_client.get(reverse("dashboard:project-export", args=[project.pk]) + "?format=csv")
+    response = owner_client.get(reverse("dashboard:project-export", args=[project.code]) + "?format=csv")
     assert response.status_code == 404
     assert "no finished crawl" in response.json()["detail"]
 
 
 def test_project_export_of_another_users_project_is_404(client, outsider, crawl):
     client.force_login(outsider)
-    response = client.get(reverse("dashboard:project-export", args=[crawl.project.pk]))
+    response = client.get(reverse("dashboard:project-export", args=[crawl.project.code]))
     assert response.status_code == 404
 
 
 def test_project_export_unknown_format_is_400(owner_client, crawl):
-    response = owner_client.get(reverse("dashboard:project-export", args=[crawl.project.pk]) + "?format=doc")
+    response = owner_client.get(reverse("dashboard:project-export", args=[crawl.project.code]) + "?format=doc")
     assert response.status_code == 400
 
 

@@ -28,7 +28,7 @@ def strict_client(owner):
 @pytest.mark.parametrize("value", [v for v in HOSTILE_NUMBERS if v])
 def test_launch_form_refuses_anything_but_plain_digits(strict_client, owner, value):
     project = project_for(owner)
-    response = strict_client.post(reverse("dashboard:project-launch", args=[project.pk]), {"workers": value})
+    response = strict_client.post(reverse("dashboard:project-launch", args=[project.code]), {"workers": value})
     assert response.status_code == 302 and response["Location"] == project.get_absolute_url()
     page = strict_client.get(response["Location"]).content.decode()
     assert "Workers must be a whole number from 1 to 64" in page
@@ -86,7 +86,7 @@ def test_api_launch_workers_answer_422_never_500(owner, value):
     project = project_for(owner)
     token = ApiToken.issue(owner)
     client = Client(raise_request_exception=False, HTTP_AUTHORIZATION=f"Bearer {token}")
-    response = client.post(f"/api/projects/{project.pk}/crawls", {"workers": value}, content_type="application/json")
+    response = client.post(f"/api/projects/{project.code}/crawls", {"workers": value}, content_type="application/json")
     assert response.status_code == 422, (value, response.content)
     assert not Crawl.objects.exists()
 

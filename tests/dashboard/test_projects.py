@@ -96,7 +96,7 @@ def test_duplicate_name_is_a_field_error(owner_client, owner):
 
 def test_edit_project(owner_client, owner):
     project = project_for(owner, "Old")
-    url = reverse("dashboard:project-edit", args=[project.pk])
+    url = reverse("dashboard:project-edit", args=[project.code])
     assert "Old" in owner_client.get(url).content.decode()
     owner_client.post(url, form_data(name="New"))
     project.refresh_from_db()
@@ -108,9 +108,9 @@ def test_outsider_gets_404_everywhere(client, owner, outsider):
     crawl = Crawl.objects.create(project=project, definition=project.definition)
     client.force_login(outsider)
     for name in ("project-detail", "project-edit", "project-delete"):
-        assert client.get(reverse(f"dashboard:{name}", args=[project.pk])).status_code == 404
-    assert client.post(reverse("dashboard:project-launch", args=[project.pk])).status_code == 404
-    assert client.post(reverse("dashboard:project-delete", args=[project.pk])).status_code == 404
+        assert client.get(reverse(f"dashboard:{name}", args=[project.code])).status_code == 404
+    assert client.post(reverse("dashboard:project-launch", args=[project.code])).status_code == 404
+    assert client.post(reverse("dashboard:project-delete", args=[project.code])).status_code == 404
     assert client.get(crawl.get_absolute_url()).status_code == 404
     assert client.get(reverse("dashboard:project-list")).content.decode().count(project.name) == 0
     assert Project.objects.filter(pk=project.pk).exists()
@@ -118,12 +118,12 @@ def test_outsider_gets_404_everywhere(client, owner, outsider):
 
 def test_launch_is_post_only(owner_client, owner):
     project = project_for(owner)
-    assert owner_client.get(reverse("dashboard:project-launch", args=[project.pk])).status_code == 405
+    assert owner_client.get(reverse("dashboard:project-launch", args=[project.code])).status_code == 405
 
 
 def test_launch_with_bad_workers_says_so(owner_client, owner):
     project = project_for(owner)
-    response = owner_client.post(reverse("dashboard:project-launch", args=[project.pk]), {"workers": "lots"}, follow=True)
+    response = owner_client.post(reverse("dashboard:project-launch", args=[project.code]), {"workers": "lots"}, follow=True)
     assert "Workers must be a whole number" in response.content.decode()
     assert not Crawl.objects.exists()
 
@@ -131,7 +131,8 @@ def test_launch_with_bad_workers_says_so(owner_client, owner):
 @pytest.mark.django_db(transaction=True)
 def test_launch_from_the_ui_redirects_to_the_crawl(owner_client, owner):
     project = project_for(owner)
-    response = owner_client.post(reverse("dashboard:project-launch", args=[project.pk]), {"workers": "2"})
+    response = owner_client.post(reverse("dashboard:project-launch", args=[project.code]), {"workers": "2"})
+    assert Crawl.objects.get(project=project).trigger == Crawl.TRIGGER_USER
     crawl = Crawl.objects.get()
     assert response["Location"] == crawl.get_absolute_url()
     assert crawl.status == Crawl.RUNNING and crawl.workers == 2
@@ -139,14 +140,14 @@ def test_launch_from_the_ui_redirects_to_the_crawl(owner_client, owner):
 
 def test_delete_project(owner_client, owner):
     project = project_for(owner)
-    owner_client.post(reverse("dashboard:project-delete", args=[project.pk]))
+    owner_client.post(reverse("dashboard:project-delete", args=[project.code]))
     assert not Project.objects.exists()
 
 
 def test_cannot_delete_a_project_with_an_active_crawl(owner_client, owner):
     project = project_for(owner)
     Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING)
-    owner_client.post(reverse("dashboard:project-delete", args=[project.pk]))
+    owner_client.post(reverse("dashboard:project-delete", args=[project.code]))
     assert Project.objects.exists()
 
 

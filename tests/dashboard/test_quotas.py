@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def launch_url(project):
-    return f"/api/projects/{project.pk}/crawls"
+    return f"/api/projects/{project.code}/crawls"
 
 
 def api_launch(client, project, **payload):
@@ -43,12 +43,12 @@ def test_launch_at_the_crawl_cap_is_refused_everywhere_and_allowed_again_once_a_
     detail = refused.json()["detail"]
     assert "1 active crawl" in detail and "cap is 1" in detail and "MAX_ACTIVE_CRAWLS_PER_USER" in detail
 
-    page = owner_client.post(reverse("dashboard:project-launch", args=[project.pk]), follow=True)
+    page = owner_client.post(reverse("dashboard:project-launch", args=[project.code]), follow=True)
     assert page.redirect_chain[-1][0] == project.get_absolute_url()
     assert any("cap is 1" in m for m in page_messages(page))
 
     with pytest.raises(CommandError, match="cap is 1"):
-        call_command("crawl", str(project.pk))
+        call_command("crawl", str(project.code))
     assert Crawl.objects.count() == 1  # nothing was created half-way
 
     # The first crawl runs to its end for real; then a launch is allowed again.

@@ -28,9 +28,9 @@ def test_every_form_rejects_a_post_without_csrf_token(owner):
     client.force_login(owner)
     posts = [
         reverse("dashboard:project-create"),
-        reverse("dashboard:project-edit", args=[project.pk]),
-        reverse("dashboard:project-delete", args=[project.pk]),
-        reverse("dashboard:project-launch", args=[project.pk]),
+        reverse("dashboard:project-edit", args=[project.code]),
+        reverse("dashboard:project-delete", args=[project.code]),
+        reverse("dashboard:project-launch", args=[project.code]),
         reverse("dashboard:crawl-xlsx-request", args=[crawl.code]),
         reverse("logout"),
     ] + [reverse("dashboard:crawl-control", args=[crawl.code, a]) for a in ("pause", "resume", "stop", "cancel", "scale")]
@@ -148,7 +148,7 @@ def fuzz_world(db, owner):
     project = project_for(owner, "Fuzzed")
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
     Item.objects.create(crawl=crawl, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "t": "x"})
-    return {"token": ApiToken.issue(owner), "project_id": project.pk, "code": crawl.code, "calls": [0]}
+    return {"token": ApiToken.issue(owner), "project_id": project.code, "code": crawl.code, "calls": [0]}
 
 
 @pytest.mark.django_db

@@ -256,7 +256,7 @@ def test_an_absurd_snapshot_number_is_just_not_there(owner_client, api, crawl):
 
 
 def test_the_projects_export_link_leads_to_the_excel_page_of_its_latest_finished_crawl(owner_client, crawl):
-    response = owner_client.get(reverse("dashboard:project-export", args=[crawl.project.pk]) + "?format=xlsx")
+    response = owner_client.get(reverse("dashboard:project-export", args=[crawl.project.code]) + "?format=xlsx")
     assert response.status_code == 302
     assert response["Location"] == reverse("dashboard:crawl-xlsx", args=[crawl.code, exports.snapshot_max_id(crawl)])
     assert tasks.tasks_queue().get_job_ids() == []  # a GET starts nothing

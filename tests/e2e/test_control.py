@@ -64,7 +64,7 @@ def test_pause_and_resume_from_the_crawl_page(logged_in_page, live_asgi, owner, 
     page = logged_in_page
     project = make_project(owner, site, "Slow shop", CONCURRENT_REQUESTS=1)
 
-    page.goto(f"{live_asgi.url}/projects/{project.pk}/")
+    page.goto(f"{live_asgi.url}/projects/{project.code}/")
     page.fill("#launch-workers", "2")
     page.locator(".launch-form button[type=submit]").click()
     page.wait_for_url(f"{live_asgi.url}/crawls/**")

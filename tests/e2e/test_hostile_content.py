@@ -118,7 +118,7 @@ def test_no_scraped_content_runs_as_script(logged_in_page, live_asgi, owner, hos
     pages = [
         "/",
         "/projects/",
-        f"/projects/{crawl.project_id}/",
+        f"/projects/{crawl.project.code}/",
         f"/crawls/{crawl.code}/",
         f"/crawls/{crawl.code}/items/",
         f"/crawls/{crawl.code}/items/?q=script",

@@ -9,32 +9,31 @@ from dashboard.redis import get_redis
 
 
 def find_project(ref):
-    """A project by id, or by name when that name is unique."""
-    if ref.isdigit():
-        project = Project.objects.filter(pk=int(ref)).first()
-        if project:
-            return project
+    """A project by its public code, or by name when that name is unique."""
+    project = Project.objects.filter(code=ref).first()
+    if project:
+        return project
     matches = list(Project.objects.filter(name=ref).select_related("owner"))
     if len(matches) == 1:
         return matches[0]
     if matches:
-        listing = ", ".join(f"{p.pk} (owner {p.owner})" for p in matches)
-        raise CommandError(f"Several projects are named {ref!r}; give the id: {listing}")
-    raise CommandError(f"No project with id or name {ref!r}")
+        listing = ", ".join(f"{p.code} (owner {p.owner})" for p in matches)
+        raise CommandError(f"Several projects are named {ref!r}; give the code: {listing}")
+    raise CommandError(f"No project with code or name {ref!r}")
 
 
 class Command(BaseCommand):
-    help = "Launch a crawl of a project (by id or name); --wait follows it until it ends."
+    help = "Launch a crawl of a project (by code or name); --wait follows it until it ends."
 
     def add_arguments(self, parser):
-        parser.add_argument("project", help="project id or name")
+        parser.add_argument("project", help="project code or name")
         parser.add_argument("--workers", type=int, default=None, help="number of workers (default: the project's)")
         parser.add_argument("--wait", action="store_true", help="wait for the crawl to end, printing progress")
 
     def handle(self, project, workers=None, wait=False, **options):
         project = find_project(project)
         try:
-            crawl = engine.launch(project, workers=workers)
+            crawl = engine.launch(project, workers=workers, trigger=Crawl.TRIGGER_API)
         except (engine.LaunchError, quotas.QuotaExceeded) as exc:
             raise CommandError(str(exc)) from None
         crawl.refresh_from_db()
