@@ -130,6 +130,9 @@ def scale(crawl, workers):
     crawl = Crawl.objects.select_related("project").get(pk=crawl.pk)
     if crawl.refusal("scale"):
         raise InvalidTransition(crawl.refusal("scale"))
-    quotas.check_scale(crawl, workers)
     alive = live_workers(crawl, state.read_counters(get_redis(), crawl.code))
-    return crawl.scale(workers, alive)
+    # The cap check and the new worker count commit together, so two scale-ups at once cannot
+    # both pass the cap (the check locks the owner's row until this transaction ends).
+    with transaction.atomic():
+        quotas.check_scale(crawl, workers)
+        return crawl.scale(workers, alive)

@@ -171,6 +171,56 @@ def test_two_launches_at_once_cannot_both_pass_the_cap(owner, settings):
     assert Crawl.objects.active().count() == 1
 
 
+def test_two_scale_ups_at_once_cannot_both_pass_the_worker_cap(owner, settings, monkeypatch):
+    settings.MAX_WORKERS_PER_USER = 4
+    crawls = [engine.launch(project_for(owner, name=f"grow{n}"), workers=1) for n in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes = []
+    passed, second_passed = [], threading.Event()
+    check_scale = quotas.check_scale
+
+    def check_then_linger(crawl, workers):
+        # Widen the race: the first scale-up to pass the check lingers before storing its new
+        # count, until the other one has passed too (which the owner's lock must prevent).
+        check_scale(crawl, workers)
+        passed.append(crawl.code)
+        if len(passed) == 1:
+            second_passed.wait(3)
+        else:
+            second_passed.set()
+
+    monkeypatch.setattr(quotas, "check_scale", check_then_linger)
+
+    def scale(crawl):
+        barrier.wait(30)
+        try:
+            for _attempt in range(200):
+                try:
+                    engine.scale(crawl, 3)
+                    outcomes.append("scaled")
+                    return
+                except quotas.QuotaExceeded:
+                    outcomes.append("refused")
+                    return
+                except OperationalError as exc:
+                    assert "locked" in str(exc)  # SQLite's test database refuses a second writer: retry
+                    time.sleep(0.05)
+                    if Crawl.objects.get(pk=crawl.pk).workers == 3:
+                        outcomes.append("scaled")
+                        return
+            outcomes.append("gave up")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=scale, args=(c,)) for c in crawls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["refused", "scaled"]
+    assert sum(Crawl.objects.active().values_list("workers", flat=True)) == 4
+
+
 def test_the_project_page_shows_the_use_next_to_each_cap(owner, owner_client, settings):
     settings.MAX_ACTIVE_CRAWLS_PER_USER = 4
     settings.MAX_WORKERS_PER_USER = 0
