@@ -1,6 +1,8 @@
 import threading
 
+import django_rq
 import pytest
+from rq import Worker
 from django.core.management import call_command
 
 from crawler import keys
@@ -17,6 +19,7 @@ def test_healthz_is_public_json_and_reports_each_component(client, redis_client)
     assert body["database"]["ok"] is True
     assert body["redis"] == {"ok": True}
     assert body["workers"] == {"ok": False, "count": 0}
+    assert body["task_workers"] == {"ok": False, "count": 0}
     assert body["conductor"]["ok"] is False
     assert body["ok"] is False and response.status_code == 503
 
@@ -24,8 +27,8 @@ def test_healthz_is_public_json_and_reports_each_component(client, redis_client)
 def test_healthz_shows_booleans_and_counts_only(client, redis_client):
     """No software version, database vendor or error text reaches an anonymous caller."""
     body = client.get("/healthz").json()
-    assert set(body) == {"ok", "database", "redis", "workers", "conductor"}
-    for name in ("database", "redis", "workers", "conductor"):
+    assert set(body) == {"ok", "database", "redis", "workers", "task_workers", "conductor"}
+    for name in ("database", "redis", "workers", "task_workers", "conductor"):
         assert set(body[name]) <= {"ok", "count"}, body[name]
         assert all(isinstance(v, (bool, int)) for v in body[name].values())
     assert redis_client.info("server")["redis_version"] not in client.get("/healthz").content.decode()
@@ -46,6 +49,20 @@ def test_healthz_reports_redis_down_without_details(client, settings):
     body = client.get("/healthz").json()
     assert body["redis"] == {"ok": False}
     assert body["workers"]["ok"] is False and body["conductor"]["ok"] is False
+    assert body["task_workers"] == {"ok": False, "count": 0}
+
+
+def test_healthz_counts_the_task_workers_separately(client):
+    # An RQ worker registered on queue "tasks" (as `manage.py rqworker tasks` does at start).
+    worker = Worker([django_rq.get_queue("tasks")], connection=django_rq.get_connection("tasks"))
+    worker.register_birth()
+    try:
+        body = client.get("/healthz").json()
+        assert body["task_workers"] == {"ok": True, "count": 1}
+        assert body["workers"]["count"] == 0
+    finally:
+        worker.register_death()
+    assert client.get("/healthz").json()["task_workers"] == {"ok": False, "count": 0}
 
 
 def test_only_one_conductor_is_active_and_a_standby_takes_over(redis_client):
