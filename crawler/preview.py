@@ -53,7 +53,12 @@ def _bounded(value: Any) -> Any:
 
 def _failure_outcome(failure: Any, timeout: float) -> dict[str, Any]:
     """The preview's answer for a page that could not be fetched."""
-    from scrapy.exceptions import CannotResolveHostError
+    from scrapy.exceptions import (
+        CannotResolveHostError,
+        DownloadCancelledError,
+        DownloadConnectionRefusedError,
+        DownloadTimeoutError,
+    )
     from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError as TxTimeout
 
     from .netguard import BlockedAddress
@@ -63,10 +68,12 @@ def _failure_outcome(failure: Any, timeout: float) -> dict[str, Any]:
         return {"error": "refused", "detail": f"Refused by the network policy: {str(exc).removeprefix('refused ')}"}
     if isinstance(exc, (DNSLookupError, CannotResolveHostError)):
         detail = "the host name does not resolve"
-    elif isinstance(exc, ConnectionRefusedError):
+    elif isinstance(exc, (ConnectionRefusedError, DownloadConnectionRefusedError)):
         detail = "the connection was refused (nothing listens on that port)"
-    elif isinstance(exc, TxTimeout) or "timeout" in type(exc).__name__.lower() or "took longer" in str(exc):
+    elif isinstance(exc, (TxTimeout, DownloadTimeoutError)):
         detail = f"no answer within {timeout:g} s"
+    elif isinstance(exc, DownloadCancelledError):
+        detail = "the download was cancelled (larger than DOWNLOAD_MAXSIZE?)"
     else:
         detail = f"{type(exc).__name__}: {str(exc)[:300]}"
     return {"error": "unreachable", "detail": f"Could not fetch the page: {detail}."}
