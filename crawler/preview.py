@@ -5,7 +5,7 @@ prints one JSON object on stdout:
 
 * ``{"status", "url", "item_page", "items", "matches", "links": {"follow", "ignored"},
   "robots", "notes"}`` when the page was fetched (any HTTP status), or
-* ``{"error": "refused" | "unreachable", "detail": "..."}`` when it was not.
+* ``{"error": "refused" | "unreachable" | "too large", "detail": "..."}`` when it was not.
 
 The page is fetched by Scrapy with the worker's settings (:func:`crawler.settings.fetch_settings`:
 user agent, size limit, network guard in the resolver, only http and https), and read by the
@@ -51,7 +51,7 @@ def _bounded(value: Any) -> Any:
     return value
 
 
-def _failure_outcome(failure: Any, timeout: float) -> dict[str, Any]:
+def _failure_outcome(failure: Any, timeout: float, maxsize: int) -> dict[str, Any]:
     """The preview's answer for a page that could not be fetched."""
     from scrapy.exceptions import (
         CannotResolveHostError,
@@ -72,8 +72,9 @@ def _failure_outcome(failure: Any, timeout: float) -> dict[str, Any]:
         detail = "the connection was refused (nothing listens on that port)"
     elif isinstance(exc, (TxTimeout, DownloadTimeoutError)):
         detail = f"no answer within {timeout:g} s"
-    elif isinstance(exc, DownloadCancelledError):
-        detail = "the download was cancelled (larger than DOWNLOAD_MAXSIZE?)"
+    elif isinstance(exc, DownloadCancelledError):  # what Scrapy's handler does past the size limit
+        return {"error": "too large", "detail": f"The page is larger than DOWNLOAD_MAXSIZE ({maxsize:,} bytes): "
+                                                "a crawl would not store it either."}
     else:
         detail = f"{type(exc).__name__}: {str(exc)[:300]}"
     return {"error": "unreachable", "detail": f"Could not fetch the page: {detail}."}
@@ -134,7 +135,8 @@ class PreviewSpider(scrapy.Spider):
             self.result["notes"].append(f"HTTP {response.status}: a crawl stores nothing from this page "
                                         "and follows none of its links.")
             return
-        self.result.update(_failure_outcome(failure, self.settings.getfloat("DOWNLOAD_TIMEOUT")))
+        self.result.update(_failure_outcome(failure, self.settings.getfloat("DOWNLOAD_TIMEOUT"),
+                                            self.settings.getint("DOWNLOAD_MAXSIZE")))
 
     def got_page(self, response):
         result = self.result

@@ -2,6 +2,7 @@
 project pages, by the real ``python -m crawler.preview`` subprocess; compared with a real crawl."""
 
 import json
+import socket
 import time
 
 import pytest
@@ -152,6 +153,33 @@ def test_an_unreachable_page_is_a_422_with_the_reason(site, api):
     answer = ask(api, {"definition": shelf_definition(site), "url": f"http://127.0.0.1:{site.closed_port}/"})
     assert answer.status_code == 422
     assert "connection was refused" in answer.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_a_page_over_the_size_limit_is_refused_as_a_crawl_would(site, api):
+    site.pages["/big"] = html("<html><body>" + "x" * 4096 + "</body></html>")
+    definition = shelf_definition(site, settings={"DOWNLOAD_MAXSIZE": 1024})
+    answer = ask(api, {"definition": definition, "url": f"{site.url}/big"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("The page is larger than DOWNLOAD_MAXSIZE (1,024 bytes)")
+
+
+@pytest.mark.django_db
+def test_a_preview_that_hangs_is_stopped_at_its_time_limit(api, settings):
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    allow_crawling("127.0.0.1", port)
+    settings.PREVIEW_TIMEOUT = 3
+    try:
+        answer = ask(api, {"definition": shelf_definition_at(f"http://127.0.0.1:{port}/"),
+                           "url": f"http://127.0.0.1:{port}/"})
+        assert answer.status_code == 422
+        assert answer.json()["detail"] == "The preview took longer than 3 s and was stopped."
+    finally:
+        disallow_crawling("127.0.0.1", port)
+        silent.close()
 
 
 @pytest.mark.django_db
