@@ -480,7 +480,7 @@ def preview_error_response(request, exc):
 
 @api.post("/preview", response={200: PreviewOut, 422: ValidationOut, 429: ErrorOut, 500: ErrorOut, 503: ErrorOut},
           tags=["projects"])
-def preview(request, payload: dict[str, Any] = Body(...)):
+async def preview(request, payload: dict[str, Any] = Body(...)):
     """Try a definition on one page before launching: ``{"definition": {...}, "url": "...",
     "depth": 0}``. The page is fetched as a worker fetches it (network policy, user agent,
     settings, size limit; no retries, a time limit) and read by the built-in spider's rules.
@@ -490,7 +490,9 @@ def preview(request, payload: dict[str, Any] = Body(...)):
     selector), ``links`` followed and ignored with the reason (scheme, off-domain, no allow match,
     deny pattern, depth, network guard), ``robots`` (what robots.txt says of the page). 422: an
     invalid definition or URL (``errors`` by field), or a URL refused by the network policy or
-    unreachable (``errors.url``); 429 past ``PREVIEWS_PER_MINUTE`` (``Retry-After``)."""
+    unreachable (``errors.url``); 429 past ``PREVIEWS_PER_MINUTE`` (``Retry-After``).
+
+    Async: the wait for the preview's subprocess holds no thread of the web process."""
     extra = sorted(set(payload) - {"definition", "url", "depth"})
     errors = {key: ["Unknown field (expected definition, url, depth)."] for key in extra}
     definition, error = _validated(payload.get("definition"))
@@ -503,7 +505,7 @@ def preview(request, payload: dict[str, Any] = Body(...)):
     if errors:
         return Status(422, {"detail": "Invalid preview request.", "errors": errors})
     try:
-        return previews.run(request.user, definition, payload.get("url"), payload.get("depth", 0))
+        return await previews.run(request.user, definition, payload.get("url"), payload.get("depth", 0))
     except previews.PreviewError as exc:
         return preview_error_response(request, exc)
 

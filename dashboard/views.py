@@ -98,9 +98,9 @@ def project_definition(request, code):
     return response
 
 
-def _preview_response(user, definition, url, depth):
+async def _preview_response(user, definition, url, depth):
     try:
-        return JsonResponse(previews.run(user, definition, url, depth))
+        return JsonResponse(await previews.run(user, definition, url, depth))
     except previews.PreviewError as exc:
         response = JsonResponse({"detail": exc.detail, "errors": exc.errors}, status=exc.status)
         if exc.retry_after:
@@ -114,28 +114,33 @@ def _preview_depth(request):
 
 
 @require_POST
-def project_form_preview(request):
+async def project_form_preview(request):
     """“Try it” on the project form (create and edit): the form as typed, not saved, tried on
-    ``preview_url``. Form errors come back keyed by form field, every one at once."""
+    ``preview_url``. Form errors come back keyed by form field, every one at once. Async, as
+    are all preview views: the preview's subprocess is awaited, holding no thread."""
+    user = await request.auser()
     form = ProjectForm(request.POST)
     if not form.is_valid():
         errors = {field: [str(e) for e in errs] for field, errs in form.errors.items()}
         return JsonResponse({"detail": "Please correct the fields marked in the form first.", "errors": errors},
                             status=422)
-    return _preview_response(request.user, form.cleaned_data["definition"], request.POST.get("preview_url", ""),
-                             _preview_depth(request))
+    return await _preview_response(user, form.cleaned_data["definition"], request.POST.get("preview_url", ""),
+                                   _preview_depth(request))
 
 
 @require_POST
-def project_preview(request, code):
+async def project_preview(request, code):
     """“Try it” on the project page: the saved definition, tried on ``preview_url``."""
-    project = _get_project_for_user(request, code)
+    user = await request.auser()
+    project = await Project.objects.for_user(user).filter(code=code).afirst()
+    if project is None:
+        raise Http404("No such project.")
     try:
         definition = validate_definition(project.definition)
     except DefinitionError as exc:  # saved before a validator change: edit it first
         return JsonResponse({"detail": "This project's definition is no longer valid: edit it.", "errors": exc.errors},
                             status=422)
-    return _preview_response(request.user, definition, request.POST.get("preview_url", ""), _preview_depth(request))
+    return await _preview_response(user, definition, request.POST.get("preview_url", ""), _preview_depth(request))
 
 
 @require_http_methods(["GET", "POST"])

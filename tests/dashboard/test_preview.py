@@ -182,6 +182,54 @@ def test_a_preview_that_hangs_is_stopped_at_its_time_limit(api, settings):
         silent.close()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_web_process_keeps_answering_while_a_preview_waits(owner):
+    """A preview that hangs on a page that never answers (its fetch is seen arriving) does not hold
+    up the web process: another request is answered meanwhile."""
+    import threading
+    import urllib.request
+
+    from tests.servers import ThreadedServer
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    allow_crawling("127.0.0.1", port)
+    server = ThreadedServer().start()
+    token = ApiToken.issue(owner)
+    answers = {}
+
+    def call(name, path, body=None):
+        request = urllib.request.Request(server.url + path, data=body and json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answers[name] = response.status
+        except urllib.error.HTTPError as exc:
+            answers[name] = exc.code
+
+    target = f"http://127.0.0.1:{port}/"
+    waiting = threading.Thread(target=call, args=("preview", "/api/preview",
+                                                  {"definition": shelf_definition_at(target), "url": target}))
+    try:
+        waiting.start()
+        silent.settimeout(60)
+        connection, _ = silent.accept()  # the preview's fetch is under way (robots.txt or the page)
+        call("projects", "/api/projects")
+        assert answers == {"projects": 200}  # answered while the preview still waits
+        assert waiting.is_alive()
+        connection.close()  # the page's server hangs up (and refuses the rest): the preview ends
+        silent.close()
+        waiting.join(120)
+        assert answers["preview"] == 422
+    finally:
+        disallow_crawling("127.0.0.1", port)
+        silent.close()
+        server.stop()
+
+
 @pytest.mark.django_db
 def test_previews_are_rate_limited_per_user(api, owner, outsider, settings, redis_client):
     settings.PREVIEWS_PER_MINUTE = 3
