@@ -274,7 +274,7 @@ class DefinitionImportForm(forms.Form):
     """“Import” on the new-project page: a definition file as “Export definition” writes it (or
     the body of ``POST /api/projects``), checked by the one validator."""
 
-    file = forms.FileField(label="Definition file (.json)", help_text="A file saved by “Export definition”.")
+    file = forms.FileField(label="Definition file (.json)")
 
     def clean_file(self):
         upload = self.cleaned_data["file"]

@@ -104,3 +104,17 @@ def test_a_previewed_page_runs_no_script_and_shows_as_text(logged_in_page, live_
     expect(panel).to_have_attribute("data-preview-state", "error", timeout=30_000)
     expect(panel.locator(".errorlist")).to_contain_text("fields: Line 1:")
     check_nothing_ran(page, dialogs)
+
+
+def test_the_new_project_form_tries_what_is_typed(logged_in_page, live_asgi, script_site, artifacts):
+    page = logged_in_page
+    page.goto(f"{live_asgi.url}/projects/new/")
+    page.fill("#id_name", "Typed")
+    page.fill("#id_start_urls", "\n" + script_site + "/\n")
+    page.fill("#id_fields", "title: h1::text")
+    panel = try_it(page)  # the URL box was empty: the first start URL is tried
+    assert page.input_value("#id_preview_url") == script_site + "/"
+    expect(panel.locator("[data-preview-item]").first).to_contain_text(PAYLOADS[0])
+    assert page.evaluate("window.__pwned === undefined")
+    page.screenshot(path=str(artifacts / "preview-new-project.png"), full_page=True)
+    assert page.url == f"{live_asgi.url}/projects/new/"  # nothing was submitted or saved
