@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import scrapy
 
-from .extraction import Rules, parsed
+from .extraction import OFF_DOMAIN, Rules, parsed
 from .netpolicy import Policy, scheme_allowed
 
 TIME_LIMIT = 15.0  # seconds for one download (DOWNLOAD_TIMEOUT, if the definition's is longer)
@@ -145,6 +145,8 @@ class PreviewSpider(scrapy.Spider):
             result["item_page"] = False
             result["notes"].append("Not an HTML or XML page: a crawl extracts nothing here and follows no links.")
             return
+        if self.rules.refusal(response.url) == OFF_DOMAIN:
+            result["notes"].append("This URL is outside allowed_domains: a crawl would not fetch it.")
         result["item_page"] = self.rules.is_item_page(response.url)
         if result["item_page"]:
             items = list(islice(self.rules.extract_items(response), MAX_ITEMS + 1))

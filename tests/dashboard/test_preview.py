@@ -133,10 +133,16 @@ def test_links_are_followed_or_ignored_with_the_reason(site, owner, owner_client
 
 
 @pytest.mark.django_db
-def test_robots_txt_is_noted_and_the_page_still_tried(site, api):
+def test_robots_txt_and_what_a_crawl_would_skip_are_noted(site, api):
     answer = ask(api, {"definition": shelf_definition(site), "url": f"{site.url}/hidden/1"})
     assert answer.status_code == 200, answer.content
     assert answer.json()["robots"] == {"obeyed": True, "allowed": False, "note": "robots.txt disallows this page."}
+    assert answer.json()["notes"] == ["The URL does not match the item pattern: a crawl stores no items from it."]
+    elsewhere = ask(api, {"definition": shelf_definition(site, allowed_domains=["example.com"],
+                                                         start_urls=["http://example.com/"]),
+                          "url": f"{site.url}/shelf/1"}).json()
+    assert "This URL is outside allowed_domains: a crawl would not fetch it." in elsewhere["notes"]
+    assert elsewhere["links"]["ignored"] == [{"url": f"{site.url}/shelf/2", "reason": "off-domain"}]
 
 
 @pytest.mark.django_db
