@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .patterns import PatternError, compile_pattern
 
-__all__ = ["ALLOWED_SETTINGS", "DefinitionError", "default_definition", "validate", "MAX_START_URLS"]
+__all__ = ["ALLOWED_SETTINGS", "DefinitionError", "default_definition", "validate", "validate_url", "MAX_START_URLS"]
 
 MAX_NAME = 200
 MAX_START_URLS = 1000
@@ -181,6 +181,15 @@ def _check_url(value: Any, path: str, errors: _Errors) -> str | None:
         errors.add(path, "A URL cannot contain spaces.")
         return None
     return value
+
+
+def validate_url(value: Any, path: str = "url") -> str:
+    """One absolute http(s) URL, checked as a start URL is; DefinitionError ``{path: [...]}`` if not."""
+    errors = _Errors()
+    url = _check_url(value, path, errors)
+    if errors or url is None:
+        raise DefinitionError(dict(errors))
+    return url
 
 
 def host_allowed(host: str, domains: list[str]) -> bool:

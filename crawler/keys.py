@@ -132,3 +132,8 @@ def live(code: str) -> str:
 def owner_group(owner_id: int) -> str:
     """Channel-layer group of one user's overview page: only their own crawls are sent to it."""
     return f"{OVERVIEW_GROUP}.owner.{int(owner_id)}"
+
+
+def preview_rate(user_id: int, minute: int) -> str:
+    """Counter of the previews one user asked for in one minute (expires with the minute)."""
+    return f"{PREFIX}:preview:{int(user_id)}:{int(minute)}"

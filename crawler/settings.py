@@ -67,6 +67,25 @@ def allowed_networks(environ: dict[str, str] | None = None) -> str:
 def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url: str | None = None,
                    overrides: dict[str, Any] | None = None) -> Settings:
     """Settings for ``python -m crawler run``: Scrapy defaults, our components, the definition."""
+    limits = definition.get("limits") or {}
+    components = {name: (value, "cmdline" if name == "SCHEDULER" else "project") for name, value in COMPONENTS.items()}
+    return fetch_settings(definition, {
+        "CRAWLSITE_CRAWL": code,
+        "CRAWLSITE_WORKER": worker,
+        "CRAWLSITE_REDIS_URL": redis_url,
+        "CRAWLSITE_MAX_PAGES": int(limits.get("max_pages", 0)),
+        "CRAWLSITE_MAX_ITEMS": int(limits.get("max_items", 0)),
+        "CRAWLSITE_MAX_ITEM_BYTES": max_item_bytes(definition),
+    }, components, overrides)
+
+
+def fetch_settings(definition: dict[str, Any], extra: dict[str, Any] | None = None,
+                   components: dict[str, tuple[Any, str]] | None = None,
+                   overrides: dict[str, Any] | None = None) -> Settings:
+    """How a worker fetches for a definition: Scrapy defaults, the definition's settings, the
+    network policy and the size limit. ``extra`` (project priority) and ``components`` (name ->
+    (value, priority)) add what a crawl needs on top (Redis scheduler, pipeline...); the
+    preview (:mod:`crawler.preview`) uses it bare."""
     settings = Settings()
     settings.setdict({
         "BOT_NAME": "crawlsite",
@@ -74,16 +93,11 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         "ROBOTSTXT_OBEY": True,
         "TELNETCONSOLE_ENABLED": False,
         "DEPTH_LIMIT": int((definition.get("limits") or {}).get("max_depth", 0)),
-        "CRAWLSITE_CRAWL": code,
-        "CRAWLSITE_WORKER": worker,
-        "CRAWLSITE_REDIS_URL": redis_url,
-        "CRAWLSITE_MAX_PAGES": int((definition.get("limits") or {}).get("max_pages", 0)),
-        "CRAWLSITE_MAX_ITEMS": int((definition.get("limits") or {}).get("max_items", 0)),
-        "CRAWLSITE_MAX_ITEM_BYTES": max_item_bytes(definition),
         "DOWNLOAD_MAXSIZE": DOWNLOAD_MAXSIZE,
+        **(extra or {}),
     }, priority="project")
-    for name, value in COMPONENTS.items():
-        settings.set(name, value, priority="cmdline" if name == "SCHEDULER" else "project")
+    for name, (value, priority) in (components or {}).items():
+        settings.set(name, value, priority=priority)
     for name, value in (definition.get("settings") or {}).items():
         if name in ALLOWED_SETTINGS and not (name == "USER_AGENT" and not value):
             settings.set(name, value, priority="project")

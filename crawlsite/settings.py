@@ -227,6 +227,11 @@ except SpiderRegistryError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 # Largest item a worker stores, measured on its JSON (bytes); bigger ones are dropped and counted.
 CRAWLSITE_MAX_ITEM_BYTES = env_int("CRAWLSITE_MAX_ITEM_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024)
+# "Try it" previews (dashboard/preview.py): per user per minute, and the whole subprocess's time limit.
+PREVIEWS_PER_MINUTE = env_int("PREVIEWS_PER_MINUTE", 10, minimum=1, maximum=10_000)
+PREVIEW_TIMEOUT = env_float("PREVIEW_TIMEOUT", 40, minimum=5, maximum=600)
+# Largest definition file accepted by "Import" on the project form (bytes).
+DEFINITION_IMPORT_MAX_BYTES = env_int("DEFINITION_IMPORT_MAX_BYTES", 512 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
 # Items moved from Redis to the database per crawl per conductor tick, at most.
 CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
 

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
 from dashboard import engine, live, quotas, xlsx_builds
+from dashboard import preview as previews
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
 from dashboard.models import (
     ApiToken,
@@ -237,6 +238,13 @@ def get_project(request, project_id: str):
     return project_out(_project(request, project_id))
 
 
+@api.get("/projects/{project_id}/definition", response={200: dict[str, Any], 404: ErrorOut}, tags=["projects"])
+def get_definition(request, project_id: str):
+    """The project's crawl definition alone, as ``POST /api/projects`` takes it back (the file the
+    project page's "Export definition" downloads)."""
+    return _project(request, project_id).definition
+
+
 @api.put("/projects/{project_id}", response={200: ProjectOut, 404: ErrorOut, 409: ErrorOut, 422: ValidationOut},
          tags=["projects"])
 def update_project(request, project_id: str, payload: dict[str, Any] = Body(...)):
@@ -430,6 +438,76 @@ def xlsx_file(request, code: str, snapshot: int = Snapshot):
     if build.status == xlsx_builds.MISSING:
         return Status(404, {"detail": build.detail})
     return Status(409, {"detail": f"The file is not ready: {build.status}. {build.detail}"})
+
+
+# --- Preview (issue 17) ------------------------------------------------------------------------
+
+
+class RobotsOut(Schema):
+    obeyed: bool
+    allowed: bool | None
+    note: str
+
+
+class IgnoredLinkOut(Schema):
+    url: str
+    reason: str
+
+
+class LinksOut(Schema):
+    follow: list[str]
+    ignored: list[IgnoredLinkOut]
+
+
+class PreviewOut(Schema):
+    status: int
+    url: str
+    item_page: bool
+    items: list[dict[str, Any]]
+    matches: dict[str, Any]
+    links: LinksOut
+    robots: RobotsOut | None
+    notes: list[str]
+
+
+def preview_error_response(request, exc):
+    body = {"detail": exc.detail, "errors": exc.errors} if exc.status == 422 else {"detail": exc.detail}
+    response = api.create_response(request, body, status=exc.status)
+    if exc.retry_after:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+@api.post("/preview", response={200: PreviewOut, 422: ValidationOut, 429: ErrorOut, 500: ErrorOut, 503: ErrorOut},
+          tags=["projects"])
+async def preview(request, payload: dict[str, Any] = Body(...)):
+    """Try a definition on one page before launching: ``{"definition": {...}, "url": "...",
+    "depth": 0}``. The page is fetched as a worker fetches it (network policy, user agent,
+    settings, size limit; no retries, a time limit) and read by the built-in spider's rules.
+
+    The answer: HTTP ``status``, whether the URL is an ``item_page``, the ``items`` a crawl would
+    store there (a field that matched nothing is ``null`` or ``[]``), ``matches`` (nodes per
+    selector), ``links`` followed and ignored with the reason (scheme, off-domain, no allow match,
+    deny pattern, depth, network guard), ``robots`` (what robots.txt says of the page). 422: an
+    invalid definition or URL (``errors`` by field), or a URL refused by the network policy or
+    unreachable (``errors.url``); 429 past ``PREVIEWS_PER_MINUTE`` (``Retry-After``).
+
+    Async: the wait for the preview's subprocess holds no thread of the web process."""
+    extra = sorted(set(payload) - {"definition", "url", "depth"})
+    errors = {key: ["Unknown field (expected definition, url, depth)."] for key in extra}
+    definition, error = _validated(payload.get("definition"))
+    if error:
+        errors.update(error.value["errors"] or {"definition": [error.value["detail"]]})
+    try:
+        previews.check_target(definition or {}, payload.get("url"), payload.get("depth", 0))
+    except previews.PreviewError as exc:
+        errors.update(exc.errors)
+    if errors:
+        return Status(422, {"detail": "Invalid preview request.", "errors": errors})
+    try:
+        return await previews.run(request.user, definition, payload.get("url"), payload.get("depth", 0))
+    except previews.PreviewError as exc:
+        return preview_error_response(request, exc)
 
 
 # --- API tokens (issue 11) --------------------------------------------------------------------

@@ -74,18 +74,24 @@ class StrictIntegerField(forms.IntegerField):
         return int(value)
 
 
+def _numbered(text):
+    """The non-blank lines of ``text``, stripped, with their line numbers (from 1)."""
+    return [(number, line.strip()) for number, line in enumerate((text or "").splitlines(), start=1) if line.strip()]
+
+
 def _lines(text):
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return [line for _number, line in _numbered(text)]
 
 
 def _textarea(rows=4, placeholder=""):
     return forms.Textarea(attrs={"rows": rows, "placeholder": placeholder, "spellcheck": "false"})
 
 
-def parse_fields(text):
-    """``name: selector`` per line; ``name[]: selector`` collects every match."""
+def parse_fields(text, numbers=None):
+    """``name: selector`` per line; ``name[]: selector`` collects every match. ``numbers``, if
+    given, receives the line number of each field parsed."""
     fields, problems = [], []
-    for number, line in enumerate(_lines(text), start=1):
+    for number, line in _numbered(text):
         match = FIELD_LINE.match(line)
         if not match:
             problems.append(
@@ -95,6 +101,8 @@ def parse_fields(text):
             continue
         name, many, selector = match.groups()
         fields.append({"name": name, "selector": selector.strip(), "many": bool(many)})
+        if numbers is not None:
+            numbers.append(number)
     return fields, problems
 
 
@@ -105,7 +113,7 @@ def format_fields(fields):
 def parse_settings(text):
     """``NAME = value`` per line; numbers and true/false are read as such, the rest as text."""
     values, problems = {}, []
-    for number, line in enumerate(_lines(text), start=1):
+    for number, line in _numbered(text):
         name, sep, raw = line.partition("=")
         if not sep or not name.strip():
             problems.append(f"Line {number}: write it as “NAME = value”, e.g. “DOWNLOAD_DELAY = 0.5”.")
@@ -199,46 +207,95 @@ class ProjectForm(forms.Form):
         }
 
     def clean(self):
+        """Every problem of the submit at once: the fields Django could not read, the lines that
+        are not “name: selector” or “NAME = value”, and every error of the validator, each next
+        to its field (and line). A field already marked keeps its first error only."""
         data = super().clean()
-        if self.errors:
-            return data
-        fields, field_problems = parse_fields(data.get("fields"))
+        field_lines = []
+        fields, field_problems = parse_fields(data.get("fields"), field_lines)
         settings, setting_problems = parse_settings(data.get("settings"))
         for problem in field_problems:
             self.add_error("fields", problem)
         for problem in setting_problems:
             self.add_error("settings", problem)
-        if field_problems or setting_problems:
-            return data
+        self.line_numbers = {
+            "fields": field_lines,
+            **{name: [n for n, _line in _numbered(data.get(name))]
+               for name in ("start_urls", "allowed_domains", "follow_allow", "follow_deny")},
+        }
         raw = {
-            "name": data["name"],
-            "start_urls": _lines(data["start_urls"]),
+            "name": data.get("name", ""),
+            "start_urls": _lines(data.get("start_urls")),
             "allowed_domains": _lines(data.get("allowed_domains")),
             "follow": {"allow": _lines(data.get("follow_allow")), "deny": _lines(data.get("follow_deny"))},
-            "limits": {limit: data[limit] for limit in LIMITS},
-            "item": {"url_pattern": data.get("item_url_pattern", ""), "selector": data.get("item_selector", ""), "fields": fields},
+            "limits": {limit: data[limit] for limit in LIMITS if data.get(limit) is not None},
+            "item": {"url_pattern": data.get("item_url_pattern", ""), "selector": data.get("item_selector", ""),
+                     "fields": fields},
             "spider": data.get("spider", ""),
             "settings": settings,
-            "workers": data["workers"],
+            "workers": data["workers"] if data.get("workers") is not None else 1,
         }
+        marked = set(self.errors)
         try:
-            data["definition"] = validate_definition(raw)
+            definition = validate_definition(raw)
         except DefinitionError as exc:
-            self.add_definition_errors(exc.errors)
+            self.add_definition_errors(exc.errors, skip=marked)
+        else:
+            if not self.errors:
+                data["definition"] = definition
         return data
 
-    def add_definition_errors(self, errors):
+    def field_for(self, path):
+        """The form field that shows a validator error at dotted ``path``."""
+        return next((f for prefix, f in ERROR_FIELDS if path == prefix or path.startswith(prefix + ".")), None)
+
+    def add_definition_errors(self, errors, skip=()):
+        """Put the validator's errors next to their fields: ``Line N:`` for a line of a text
+        area, ``NAME:`` for a setting. A whole-field error of a field in ``skip`` (already marked
+        by the form itself, e.g. “required”) is left out: it would repeat it."""
+        numbers = getattr(self, "line_numbers", {})
         for path, messages in sorted(errors.items()):
-            field = next((f for prefix, f in ERROR_FIELDS if path == prefix or path.startswith(prefix + ".")), None)
-            where = ""
+            field = self.field_for(path)
             rest = path.split(".")
             index = next((int(p) for p in rest if p.isdigit()), None)
+            if field in skip and index is None and not (field == "settings" and len(rest) > 1):
+                continue
+            where = ""
             if field in LINE_FIELDS and index is not None:
-                where = f"Line {index + 1}: "
+                lines = numbers.get(field) or []
+                where = f"Line {lines[index] if index < len(lines) else index + 1}: "
             elif field == "settings" and len(rest) > 1:
                 where = f"{rest[1]}: "
             for message in messages:
                 self.add_error(field, f"{where}{message}")
+
+
+class DefinitionImportForm(forms.Form):
+    """“Import” on the new-project page: a definition file as “Export definition” writes it (or
+    the body of ``POST /api/projects``), checked by the one validator."""
+
+    file = forms.FileField(label="Definition file (.json)")
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        limit = django_settings.DEFINITION_IMPORT_MAX_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(f"The file is {upload.size:,} bytes; at most {limit:,} bytes are accepted.")
+        raw = upload.read(limit + 1)
+        try:
+            data = json.loads(raw.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise forms.ValidationError(f"The file is not JSON ({exc}).") from None
+        except RecursionError:
+            raise forms.ValidationError("The file is not a crawl definition: it is nested too deeply.") from None
+        if not isinstance(data, dict):
+            raise forms.ValidationError("The file must hold one JSON object: a crawl definition.")
+        try:
+            self.cleaned_data["definition"] = validate_definition(data)
+        except DefinitionError as exc:
+            raise forms.ValidationError(
+                [f"{path}: {' '.join(messages)}" for path, messages in sorted(exc.errors.items())]) from None
+        return upload
 
 
 class TokenForm(forms.Form):

@@ -1,3 +1,4 @@
+import json
 import math
 
 from django.conf import settings
@@ -6,18 +7,20 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse_lazy
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crawler.definition import MAX_WORKERS
+from crawler.definition import DefinitionError
 from dashboard import engine, exports, live, quotas, xlsx_builds
+from dashboard import preview as previews
 from dashboard import items as item_queries
-from dashboard.forms import ASCII_WHOLE_NUMBER, ProjectForm, TokenForm, parse_whole_number
+from dashboard.forms import ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, TokenForm, parse_whole_number
 from dashboard.health import health
-from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError
+from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError, validate_definition
 
 
 def _get_project_for_user(request, code):
@@ -61,7 +64,83 @@ def project_create(request):
         if _save_project(request, form, project):
             messages.success(request, f"Project “{project.name}” created. Launch it when you are ready.")
             return redirect(project)
-    return render(request, "dashboard/project_form.html", {"form": form, "creating": True})
+    return render(request, "dashboard/project_form.html",
+                  {"form": form, "creating": True, "import_form": DefinitionImportForm()})
+
+
+@require_POST
+def project_import(request):
+    """Create a project from an exported definition file (the same validator; every error at once)."""
+    import_form = DefinitionImportForm(request.POST, request.FILES)
+    if import_form.is_valid():
+        project = Project(owner=request.user)
+        project.set_definition(import_form.cleaned_data["definition"])
+        try:
+            with transaction.atomic():
+                project.save()
+        except IntegrityError:
+            import_form.add_error("file", f"You already have a project named “{project.name}”: rename it in the "
+                                          "file (“name”) or rename the existing project.")
+        else:
+            messages.success(request, f"Project “{project.name}” imported. Launch it when you are ready.")
+            return redirect(project)
+    return render(request, "dashboard/project_form.html",
+                  {"form": ProjectForm(), "creating": True, "import_form": import_form}, status=422)
+
+
+@require_GET
+def project_definition(request, code):
+    """The project's definition as a JSON file: “Export definition”; “Import” takes it back."""
+    project = _get_project_for_user(request, code)
+    body = json.dumps(project.definition, ensure_ascii=False, indent=2) + "\n"
+    response = HttpResponse(body, content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="crawlsite-{project.code}.json"'
+    return response
+
+
+async def _preview_response(user, definition, url, depth):
+    try:
+        return JsonResponse(await previews.run(user, definition, url, depth))
+    except previews.PreviewError as exc:
+        response = JsonResponse({"detail": exc.detail, "errors": exc.errors}, status=exc.status)
+        if exc.retry_after:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
+
+
+def _preview_depth(request):
+    raw = request.POST.get("preview_depth", "") or "0"
+    return int(raw) if ASCII_WHOLE_NUMBER.fullmatch(raw) else -1  # -1: refused by the preview's check
+
+
+@require_POST
+async def project_form_preview(request):
+    """“Try it” on the project form (create and edit): the form as typed, not saved, tried on
+    ``preview_url``. Form errors come back keyed by form field, every one at once. Async, as
+    are all preview views: the preview's subprocess is awaited, holding no thread."""
+    user = await request.auser()
+    form = ProjectForm(request.POST)
+    if not form.is_valid():
+        errors = {field: [str(e) for e in errs] for field, errs in form.errors.items()}
+        return JsonResponse({"detail": "Please correct the fields marked in the form first.", "errors": errors},
+                            status=422)
+    return await _preview_response(user, form.cleaned_data["definition"], request.POST.get("preview_url", ""),
+                                   _preview_depth(request))
+
+
+@require_POST
+async def project_preview(request, code):
+    """“Try it” on the project page: the saved definition, tried on ``preview_url``."""
+    user = await request.auser()
+    project = await Project.objects.for_user(user).filter(code=code).afirst()
+    if project is None:
+        raise Http404("No such project.")
+    try:
+        definition = validate_definition(project.definition)
+    except DefinitionError as exc:  # saved before a validator change: edit it first
+        return JsonResponse({"detail": "This project's definition is no longer valid: edit it.", "errors": exc.errors},
+                            status=422)
+    return await _preview_response(user, definition, request.POST.get("preview_url", ""), _preview_depth(request))
 
 
 @require_http_methods(["GET", "POST"])

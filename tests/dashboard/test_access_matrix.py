@@ -21,6 +21,7 @@ OK = 200
 FOUND = 302  # an action that worked and redirects back
 NOT_FOUND = 404
 UNAUTHORIZED = 401
+UNPROCESSABLE = 422  # reached the view: refused for the input, not for who asked
 
 # (method, path template, anonymous, outsider, owner, staff)
 HTTP_TABLE = [
@@ -35,6 +36,10 @@ HTTP_TABLE = [
     ("GET", "/projects/{project}/delete/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/projects/{project}/launch", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/projects/{project}/export?format=csv", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/projects/{project}/definition.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/projects/import", LOGIN, UNPROCESSABLE, UNPROCESSABLE, UNPROCESSABLE),  # no file sent
+    ("POST", "/projects/preview", LOGIN, UNPROCESSABLE, UNPROCESSABLE, UNPROCESSABLE),  # an empty form
+    ("POST", "/projects/{project}/preview", LOGIN, NOT_FOUND, UNPROCESSABLE, NOT_FOUND),  # no URL to try
     ("GET", "/crawls/{crawl}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/crawls/{running}/pause", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{running}/stop", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
@@ -62,6 +67,8 @@ HTTP_TABLE = [
     ("POST", "/api/projects", UNAUTHORIZED, 201, 201, 201),
     ("GET", "/api/projects/{project}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("PUT", "/api/projects/{project}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/projects/{project}/definition", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/preview", UNAUTHORIZED, UNPROCESSABLE, UNPROCESSABLE, UNPROCESSABLE),  # an empty request
     ("DELETE", "/api/projects/{spare}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
     ("POST", "/api/projects/{project}/crawls", UNAUTHORIZED, NOT_FOUND, 201, NOT_FOUND),
     ("GET", "/api/projects/{project}/crawls", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),

@@ -32,6 +32,9 @@ def test_every_form_rejects_a_post_without_csrf_token(owner):
         reverse("dashboard:project-delete", args=[project.code]),
         reverse("dashboard:project-launch", args=[project.code]),
         reverse("dashboard:crawl-xlsx-request", args=[crawl.code]),
+        reverse("dashboard:project-import"),
+        reverse("dashboard:project-form-preview"),
+        reverse("dashboard:project-preview", args=[project.code]),
         reverse("logout"),
     ] + [reverse("dashboard:crawl-control", args=[crawl.code, a]) for a in ("pause", "resume", "stop", "cancel", "scale")]
     for url in posts:
@@ -68,7 +71,8 @@ def test_pages_have_no_inline_scripts(owner_client, owner):
 
     project = project_for(owner)
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
-    for url in ("/", "/projects/", project.get_absolute_url(), crawl.get_absolute_url(),
+    for url in ("/", "/projects/", project.get_absolute_url(), crawl.get_absolute_url(), "/projects/new/",
+                reverse("dashboard:project-edit", args=[project.code]),
                 reverse("dashboard:crawl-items", args=[crawl.code]), "/api/docs",
                 reverse("dashboard:crawl-xlsx", args=[crawl.code, 1])):
         html = owner_client.get(url).content.decode()
