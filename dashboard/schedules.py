@@ -47,6 +47,7 @@ MAX_RUNTIME_MAX = 30 * 86400
 NEVER_FIRES_HORIZON = timedelta(days=366 * 9)
 # Missed fires recorded one by one after a long downtime; older ones are summed up in one reason.
 BACKLOG_MAX = 100
+MAX_PER_PROJECT = 50
 FIELDS = ("cron", "timezone", "workers", "overlap", "catch_up", "max_runtime", "enabled")
 DEFAULTS = {"timezone": "UTC", "workers": None, "overlap": Schedule.OVERLAP_SKIP,
             "catch_up": Schedule.CATCH_UP_ONCE, "max_runtime": None, "enabled": True}
@@ -91,6 +92,11 @@ def clean_cron(value):
     if first - start > NEVER_FIRES_HORIZON:
         raise ValueError(f"The cron expression {expr!r} never fires (no fire time in the next 9 years).")
     return expr
+
+
+def timezone_names():
+    """Every IANA zone name, sorted (the form's suggestions)."""
+    return sorted(zoneinfo.available_timezones())
 
 
 def clean_timezone(value):
@@ -202,7 +208,11 @@ def first_due(cron, tz, now):
 
 
 def create(project, cleaned, now=None):
+    """A new schedule of ``project``; ScheduleError past MAX_PER_PROJECT schedules."""
     now = now or timezone.now()
+    if project.schedules.count() >= MAX_PER_PROJECT:
+        raise ScheduleError({"__all__": [f"This project has {MAX_PER_PROJECT} schedules already, the most "
+                                         "allowed: delete one first."]})
     return Schedule.objects.create(project=project, next_due=first_due(cleaned["cron"], cleaned["timezone"], now),
                                    **cleaned)
 
