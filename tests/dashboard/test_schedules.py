@@ -14,7 +14,7 @@ from rq import Worker
 
 from crawler import keys
 from dashboard import jobs, schedules
-from dashboard.models import Crawl, Schedule, ScheduleFire
+from dashboard.models import Crawl, ScheduleFire
 from dashboard.redis import get_redis
 from tests.dashboard.factories import project_for
 
