@@ -21,8 +21,9 @@ from datetime import timezone as dt_timezone
 import django_rq
 from cronsim import CronSim, CronSimError
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
 from rq import Worker
 
 from crawler.definition import MAX_WORKERS
@@ -250,6 +251,11 @@ def step(now):
             fired += fire(schedule_id, now)
         except IntegrityError:
             log.info("schedule %s: fire claimed by another conductor", schedule_id)
+        except (DatabaseError, RedisError):
+            raise  # the conductor's loop retries the whole step next tick
+        except Exception:
+            # One broken schedule must not hold the others back; it stays due and is retried.
+            log.exception("schedule %s could not be processed", schedule_id)
     start_queued(now)
     enforce_max_runtime(now)
     return fired

@@ -14,7 +14,7 @@ from rq import Worker
 
 from crawler import keys
 from dashboard import jobs, schedules
-from dashboard.models import Crawl, ScheduleFire
+from dashboard.models import Crawl, Project, ScheduleFire
 from dashboard.redis import get_redis
 from tests.dashboard.factories import project_for
 
@@ -286,3 +286,14 @@ def test_max_runtime_stops_the_run_the_normal_way(project, listening, redis_clie
     crawl.refresh_from_db()
     assert crawl.status == Crawl.STOPPING and "maximum run time of 600 s" in crawl.reason
     assert redis_client.get(keys.control(crawl.code)) == "stop"
+
+
+def test_a_project_that_cannot_launch_is_a_skip_and_other_schedules_still_fire(project, owner, listening):
+    broken = project_for(owner, "Broken")
+    Project.objects.filter(pk=broken.pk).update(definition={"name": "Broken"})  # no start URLs any more
+    bad = make(broken, "0 * * * *", at(2026, 6, 1, 8, 30))
+    good = make(project, "0 * * * *", at(2026, 6, 1, 8, 30))
+    assert schedules.step(at(2026, 6, 1, 9, 0)) == 1
+    [(_d, outcome, reason)] = fires(bad)
+    assert outcome == "skipped" and reason.startswith("not launched: The project's definition is invalid")
+    assert fires(good)[0][1] == "launched"
