@@ -1,6 +1,7 @@
 // Times in the browser's own zone: every <time datetime="ISO" data-local-time> gets its text from
 // Intl (offline, no library); with data-keep-text the server's text stays and the local time goes
-// in the tooltip. Also offers the browser's zone on a new schedule's form. Text only, never HTML.
+// in the tooltip. Also offers the browser's zone on a new schedule's form, and asks before a
+// form marked data-confirm is sent. Text only, never HTML.
 (function () {
   "use strict";
   var zone = "";
@@ -18,6 +19,12 @@
   });
   document.querySelectorAll("[data-browser-zone]").forEach(function (el) {
     if (zone) el.textContent = zone;
+  });
+  // Deleting a schedule (and its history) asks first.
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+    });
   });
   var hint = document.querySelector("[data-browser-zone-hint]");
   var input = document.querySelector("input[name=timezone]");

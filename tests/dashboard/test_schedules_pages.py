@@ -32,6 +32,9 @@ def test_create_from_the_form_and_see_it_on_the_project_page(owner_client, proje
     assert f'href="/schedules/{schedule.code}/"' in page
     assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT02:30:00\+0[12]:00" data-local-time>', page)
     assert "js/local_times.js" in page
+    assert re.search(r"\d{4}-\d\d-\d\d 02:30 CES?T", page)  # in the schedule's zone, not the server's
+    detail = owner_client.get(f"/schedules/{schedule.code}/").content.decode()
+    assert len(re.findall(r"\d{4}-\d\d-\d\d 02:30 CES?T", detail)) == 5
 
 
 @pytest.mark.parametrize("field,value,words", [
