@@ -12,6 +12,7 @@ claim) together with the crawl it launches, and moves ``next_due`` past ``now``.
 not committed yet is still there for whoever runs next.
 """
 
+import functools
 import logging
 import unicodedata
 import zoneinfo
@@ -95,15 +96,21 @@ def clean_cron(value):
     return expr
 
 
+@functools.cache
+def _zones():
+    # Read once per process (scanning tzdata takes tens of ms); "localtime" is the machine's own.
+    return frozenset(zoneinfo.available_timezones()) - {"localtime"}
+
+
 def timezone_names():
     """Every IANA zone name, sorted (the form's suggestions)."""
-    return sorted(zoneinfo.available_timezones())
+    return sorted(_zones())
 
 
 def clean_timezone(value):
     if not isinstance(value, str) or not value:
         raise ValueError("Give a time zone such as \"UTC\" or \"Europe/Berlin\".")
-    if len(value) > TIMEZONE_MAX or value not in zoneinfo.available_timezones():
+    if len(value) > TIMEZONE_MAX or value not in _zones():
         raise ValueError(f"Unknown time zone {value[:TIMEZONE_MAX]!r}: use an IANA name such as "
                          "\"UTC\" or \"Europe/Berlin\".")
     return value

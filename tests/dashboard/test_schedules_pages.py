@@ -109,3 +109,20 @@ def test_crawl_page_shows_its_trigger_and_schedule(owner_client, project):
     assert "trigger: <span data-trigger>API</span>" in owner_client.get(f"/crawls/{by_api.code}/").content.decode()
     schedule.delete()
     assert "a schedule since deleted" in owner_client.get(f"/crawls/{scheduled.code}/").content.decode()
+
+
+def test_admin_shows_schedules_and_fires_but_never_edits_them(client, staff, project):
+    staff.is_superuser = True
+    staff.save()
+    client.force_login(staff)
+    schedule = schedules.create(project, schedules.validate({"cron": "@hourly"}))
+    fire = ScheduleFire.objects.create(schedule=schedule, due=timezone.now(), fired_at=timezone.now(),
+                                       outcome="skipped", reason="schedule disabled")
+    assert schedule.code in client.get("/admin/dashboard/schedule/").content.decode()
+    assert "schedule disabled" in client.get("/admin/dashboard/schedulefire/").content.decode()
+    assert client.get("/admin/dashboard/schedule/add/").status_code == 403
+    response = client.post(f"/admin/dashboard/schedule/{schedule.pk}/change/", {"cron": "not a cron"})
+    assert response.status_code == 403
+    assert client.post(f"/admin/dashboard/schedulefire/{fire.pk}/change/", {"outcome": "launched"}).status_code == 403
+    schedule.refresh_from_db()
+    assert schedule.cron == "0 * * * *"
