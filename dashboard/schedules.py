@@ -292,7 +292,7 @@ def _dues(schedule, now):
 def fire(schedule_id, now):
     """Process every due time of one schedule up to ``now``; returns the number of runs launched."""
     with transaction.atomic():
-        schedule = (Schedule.objects.select_for_update().select_related("project", "project__owner")
+        schedule = (Schedule.objects.select_for_update(of=("self",)).select_related("project", "project__owner")
                     .filter(pk=schedule_id, next_due__lte=now).first())
         if schedule is None:
             return 0  # another conductor processed it since it was listed
@@ -389,7 +389,7 @@ def start_queued(now):
     """Start each queued fire whose schedule has no active run any more."""
     for fire_id in ScheduleFire.objects.filter(outcome=ScheduleFire.QUEUED).order_by().values_list("pk", flat=True):
         with transaction.atomic():
-            queued = (ScheduleFire.objects.select_for_update().select_related("schedule__project__owner")
+            queued = (ScheduleFire.objects.select_for_update(of=("self",)).select_related("schedule__project__owner")
                       .filter(pk=fire_id, outcome=ScheduleFire.QUEUED).first())
             if queued is None:
                 continue

@@ -134,7 +134,8 @@ def test_delete_keeps_the_crawls_it_started(client, auth, project):
 def test_schedules_per_project_are_capped(client, auth, project, monkeypatch):
     monkeypatch.setattr(schedules, "MAX_PER_PROJECT", 2)
     for _ in range(2):
-        assert send(client, "post", f"/api/projects/{project.code}/schedules", {"cron": "@daily"}, **auth).status_code == 201
+        created = send(client, "post", f"/api/projects/{project.code}/schedules", {"cron": "@daily"}, **auth)
+        assert created.status_code == 201
     response = send(client, "post", f"/api/projects/{project.code}/schedules", {"cron": "@daily"}, **auth)
     assert response.status_code == 422 and "2 schedules already" in response.json()["detail"]
 
@@ -143,7 +144,8 @@ def test_another_users_schedules_answer_404(client, project, outsider):
     schedule = schedules.create(project, schedules.validate({"cron": "@hourly"}))
     theirs = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(outsider)}"}
     assert client.get(f"/api/projects/{project.code}/schedules", **theirs).status_code == 404
-    assert send(client, "post", f"/api/projects/{project.code}/schedules", {"cron": "@daily"}, **theirs).status_code == 404
+    created = send(client, "post", f"/api/projects/{project.code}/schedules", {"cron": "@daily"}, **theirs)
+    assert created.status_code == 404
     assert client.get(f"/api/schedules/{schedule.code}", **theirs).status_code == 404
     assert send(client, "put", f"/api/schedules/{schedule.code}", {"enabled": False}, **theirs).status_code == 404
     assert client.delete(f"/api/schedules/{schedule.code}", **theirs).status_code == 404
