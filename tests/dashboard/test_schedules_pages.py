@@ -92,7 +92,8 @@ def test_schedule_forms_need_a_csrf_token(owner, project):
     client = Client(enforce_csrf_checks=True)
     client.force_login(owner)
     for path in (f"/projects/{project.code}/schedules/new/", f"/schedules/{schedule.code}/edit/",
-                 f"/schedules/{schedule.code}/disable", f"/schedules/{schedule.code}/delete"):
+                 f"/schedules/{schedule.code}/disable", f"/schedules/{schedule.code}/enable",
+                 f"/schedules/{schedule.code}/delete"):
         assert client.post(path, FORM).status_code == 403, path
     schedule.refresh_from_db()
     assert schedule.enabled and Schedule.objects.count() == 1
