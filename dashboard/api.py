@@ -555,6 +555,25 @@ def _schedule_fields(payload, current=None):
         return None, Status(422, {"detail": f"Invalid schedule: {exc}", "errors": exc.errors})
 
 
+class ScheduleIn(Schema):
+    """What the schedule endpoints take, for the OpenAPI docs only: the body is read as any JSON and
+    checked by the one validator (dashboard.schedules.validate), which names every bad field."""
+
+    cron: str
+    timezone: str = "UTC"
+    workers: int | None = None
+    overlap: str = "skip"
+    catch_up: str = "once"
+    max_runtime: int | None = None
+    enabled: bool = True
+
+
+def _schedule_body(partial=False):
+    schema = ScheduleIn.model_json_schema()
+    if partial:  # PUT: every field may be left out
+        schema.pop("required", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
 # What the schedule endpoints take (their docstrings are the OpenAPI descriptions).
 SCHEDULE_FIELDS_DOC = (
     "Body: ``cron`` (5 fields or ``@hourly``, ``@daily``, ``@weekly``, ``@monthly``), ``timezone`` (IANA "
@@ -571,7 +590,8 @@ def list_schedules(request, project_id: str):
 
 
 @api.post("/projects/{project_id}/schedules", response={201: ScheduleOut, 404: ErrorOut, 422: ValidationOut},
-          tags=["schedules"], description="Add a schedule to the project. " + SCHEDULE_FIELDS_DOC)
+          tags=["schedules"], description="Add a schedule to the project. " + SCHEDULE_FIELDS_DOC,
+          openapi_extra=_schedule_body())
 def create_schedule(request, project_id: str, payload: Any = Body(...)):
     project = _project(request, project_id)
     cleaned, error = _schedule_fields(payload)
@@ -592,7 +612,8 @@ def get_schedule(request, schedule_id: str):
 @api.put("/schedules/{schedule_id}", response={200: ScheduleOut, 404: ErrorOut, 422: ValidationOut},
          tags=["schedules"],
          description="Change a schedule; fields left out keep their value. A new cron or time zone starts from "
-                     "its next fire after now. " + SCHEDULE_FIELDS_DOC)
+                     "its next fire after now. " + SCHEDULE_FIELDS_DOC,
+         openapi_extra=_schedule_body(partial=True))
 def update_schedule(request, schedule_id: str, payload: Any = Body(...)):
     schedule = _schedule(request, schedule_id)
     cleaned, error = _schedule_fields(payload, current=schedule)
