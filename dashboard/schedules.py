@@ -250,8 +250,8 @@ def set_enabled(schedule, enabled):
 
 def step(now):
     """Everything schedules need at ``now``: fire the due ones, start queued runs whose previous
-    run ended, stop runs past their maximum run time. When nothing is due this is one indexed
-    query on ``next_due`` plus one on queued fires."""
+    run ended, stop runs past their maximum run time. When nothing is due this is three indexed
+    queries (schedules due, queued fires, scheduled runs with a maximum run time)."""
     fired = 0
     for schedule_id in Schedule.objects.filter(next_due__lte=now).order_by().values_list("pk", flat=True):
         try:
