@@ -205,6 +205,8 @@ RQ_SHOW_ADMIN_LINK = False
 # The conductor's loop (seconds).
 CONDUCTOR_TICK = env_float("CONDUCTOR_TICK", 0.25, minimum=0.05, maximum=10)
 CONDUCTOR_LOCK_TTL = env_float("CONDUCTOR_LOCK_TTL", 5.0, minimum=1, maximum=300)
+# A schedule's fire processed later than this after its due time counts as missed (catch-up policy).
+SCHEDULE_MISSED_AFTER = env_float("SCHEDULE_MISSED_AFTER", 60.0, minimum=1, maximum=86400)
 # A crawl with an empty queue and nothing in flight for this long is finished (seconds).
 CRAWL_IDLE_GRACE = env_float("CRAWL_IDLE_GRACE", 1.5, minimum=0.1, maximum=600)
 # Read by crawl workers (crawler.netpolicy); checked here too, so a bad entry stops startup

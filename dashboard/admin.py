@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from dashboard.forms import ProjectAdminForm
-from dashboard.models import ApiToken, Crawl, Item, Project
+from dashboard.models import ApiToken, Crawl, Item, Project, Schedule, ScheduleFire
 
 
 @admin.register(Project)
@@ -49,3 +49,28 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # a token's secret is shown once at creation: the account page, the API or `apitoken`
+
+
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Shown, never edited here: schedules change through their one validator (pages, API), and a
+    fire row is the claim of a due time, written by the conductor only."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(ViewOnlyAdmin):
+    list_display = ["code", "project", "cron", "timezone", "enabled", "next_due"]
+    list_filter = ["enabled", "overlap", "catch_up"]
+    search_fields = ["code", "project__name", "cron"]
+
+
+@admin.register(ScheduleFire)
+class ScheduleFireAdmin(ViewOnlyAdmin):
+    list_display = ["schedule", "due", "outcome", "reason", "crawl", "fired_at"]
+    list_filter = ["outcome"]
+    search_fields = ["schedule__code", "crawl__code", "reason"]

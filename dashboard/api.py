@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
-from dashboard import engine, live, quotas, xlsx_builds
+from dashboard import engine, live, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
 from dashboard.models import (
@@ -30,6 +30,7 @@ from dashboard.models import (
     ExpiredToken,
     InvalidTransition,
     Project,
+    Schedule,
     TokenError,
     validate_definition,
 )
@@ -127,6 +128,7 @@ class CrawlOut(Schema):
     code: str
     project: str
     trigger: str
+    schedule: str | None
     status: str
     status_since: datetime
     reason: str
@@ -169,6 +171,7 @@ def crawl_out(crawl):
         "workers": view["workers_asked"],
         "worker_states": view["workers"],
         "items_stored": stored if isinstance(stored, int) else crawl.items.count(),
+        "schedule": crawl.schedule.code if crawl.schedule_id else None,
     }
 
 
@@ -178,7 +181,7 @@ def _project(request, project_id):
 
 
 def _crawl(request, code):
-    return get_object_or_404(Crawl.objects.for_user(request.user).select_related("project"), code=code)
+    return get_object_or_404(Crawl.objects.for_user(request.user).select_related("project", "schedule"), code=code)
 
 
 def _validated(payload):
@@ -287,7 +290,9 @@ def launch_crawl(request, project_id: str, payload: LaunchIn = Body(None)):
 @api.get("/projects/{project_id}/crawls", response={200: list[CrawlOut], 404: ErrorOut}, tags=["crawls"])
 def list_crawls(request, project_id: str):
     project = _project(request, project_id)
-    return [crawl_out(c) for c in project.crawls.select_related("project")[:100]]
+    """The project's latest 100 crawls, newest first; ``trigger`` says what started each
+    (``user``, ``api``, ``schedule`` with ``schedule`` its code, or ``scrapyd``)."""
+    return [crawl_out(c) for c in project.crawls.select_related("project", "schedule")[:100]]
 
 
 @api.get("/crawls/{code}", response={200: CrawlOut, 404: ErrorOut}, tags=["crawls"])
@@ -576,3 +581,139 @@ def revoke_token(request, token_id: str):
     token = get_object_or_404(ApiToken.objects.for_user(request.user), public_id=token_id)
     token.delete()
     return Status(204, None)
+
+
+# --- Schedules (issue 14) -----------------------------------------------------------------------
+
+
+class ScheduleOut(Schema):
+    id: str  # the schedule's public code
+    code: str
+    project: str
+    cron: str
+    timezone: str
+    workers: int | None
+    overlap: str
+    catch_up: str
+    max_runtime: int | None
+    enabled: bool
+    next_runs: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class FireOut(Schema):
+    due: datetime
+    fired_at: datetime
+    outcome: str
+    reason: str
+    crawl: str | None
+
+
+def schedule_out(schedule):
+    return {
+        "id": schedule.code,
+        "code": schedule.code,
+        "project": schedule.project.code,
+        **{field: getattr(schedule, field) for field in schedules.FIELDS},
+        "next_runs": [moment.isoformat() for moment in schedules.next_runs(schedule)],
+        "created_at": schedule.created_at,
+        "updated_at": schedule.updated_at,
+    }
+
+
+def _schedule(request, schedule_id):
+    return get_object_or_404(Schedule.objects.for_user(request.user).select_related("project"), code=schedule_id)
+
+
+def _schedule_fields(payload, current=None):
+    try:
+        return schedules.validate(payload, current), None
+    except schedules.ScheduleError as exc:
+        return None, Status(422, {"detail": f"Invalid schedule: {exc}", "errors": exc.errors})
+
+
+class ScheduleIn(Schema):
+    """What the schedule endpoints take, for the OpenAPI docs only: the body is read as any JSON and
+    checked by the one validator (dashboard.schedules.validate), which names every bad field."""
+
+    cron: str
+    timezone: str = "UTC"
+    workers: int | None = None
+    overlap: str = "skip"
+    catch_up: str = "once"
+    max_runtime: int | None = None
+    enabled: bool = True
+
+
+def _schedule_body(partial=False):
+    schema = ScheduleIn.model_json_schema()
+    if partial:  # PUT: every field may be left out
+        schema.pop("required", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+# What the schedule endpoints take (their docstrings are the OpenAPI descriptions).
+SCHEDULE_FIELDS_DOC = (
+    "Body: ``cron`` (5 fields or ``@hourly``, ``@daily``, ``@weekly``, ``@monthly``), ``timezone`` (IANA "
+    "name, default ``UTC``), ``workers`` (1..64, null = the definition's), ``overlap`` (``skip`` default, "
+    "``queue``, ``parallel``), ``catch_up`` (``once`` default, ``skip``), ``max_runtime`` (seconds, "
+    "1..2592000, null = none), ``enabled`` (default true). A bad field answers 422 with ``errors`` keyed by field."
+)
+
+
+@api.get("/projects/{project_id}/schedules", response={200: list[ScheduleOut], 404: ErrorOut}, tags=["schedules"])
+def list_schedules(request, project_id: str):
+    project = _project(request, project_id)
+    return [schedule_out(s) for s in project.schedules.select_related("project")]
+
+
+@api.post("/projects/{project_id}/schedules", response={201: ScheduleOut, 404: ErrorOut, 422: ValidationOut},
+          tags=["schedules"], description="Add a schedule to the project. " + SCHEDULE_FIELDS_DOC,
+          openapi_extra=_schedule_body())
+def create_schedule(request, project_id: str, payload: Any = Body(...)):
+    project = _project(request, project_id)
+    cleaned, error = _schedule_fields(payload)
+    if error:
+        return error
+    try:
+        schedule = schedules.create(project, cleaned)
+    except schedules.ScheduleError as exc:
+        return Status(422, {"detail": str(exc), "errors": exc.errors})
+    return Status(201, schedule_out(schedule))
+
+
+@api.get("/schedules/{schedule_id}", response={200: ScheduleOut, 404: ErrorOut}, tags=["schedules"])
+def get_schedule(request, schedule_id: str):
+    return schedule_out(_schedule(request, schedule_id))
+
+
+@api.put("/schedules/{schedule_id}", response={200: ScheduleOut, 404: ErrorOut, 422: ValidationOut},
+         tags=["schedules"],
+         description="Change a schedule; fields left out keep their value. A new cron or time zone starts from "
+                     "its next fire after now. " + SCHEDULE_FIELDS_DOC,
+         openapi_extra=_schedule_body(partial=True))
+def update_schedule(request, schedule_id: str, payload: Any = Body(...)):
+    schedule = _schedule(request, schedule_id)
+    cleaned, error = _schedule_fields(payload, current=schedule)
+    if error:
+        return error
+    return schedule_out(schedules.update(schedule, cleaned))
+
+
+@api.delete("/schedules/{schedule_id}", response={204: None, 404: ErrorOut}, tags=["schedules"])
+def delete_schedule(request, schedule_id: str):
+    """Delete the schedule and its fire history; the crawls it started stay (without their schedule)."""
+    _schedule(request, schedule_id).delete()
+    return Status(204, None)
+
+
+@api.get("/schedules/{schedule_id}/fires", response={200: list[FireOut], 404: ErrorOut}, tags=["schedules"])
+def list_fires(request, schedule_id: str,
+               limit: int = Query(100, ge=1, le=1000, description="fires, newest first, 1..1000")):
+    """Every fire, newest first: ``launched`` (with its ``crawl``), ``skipped`` (with its
+    ``reason``: overlap, schedule disabled, no RQ worker listening, a cap reached, missed or caught
+    up) or ``queued`` (waiting for the previous run to end)."""
+    schedule = _schedule(request, schedule_id)
+    return [{"due": f.due, "fired_at": f.fired_at, "outcome": f.outcome, "reason": f.reason,
+             "crawl": f.crawl.code if f.crawl_id else None}
+            for f in schedule.fires.select_related("crawl")[:limit]]

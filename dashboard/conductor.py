@@ -1,4 +1,4 @@
-"""The conductor: the one loop that watches every active crawl.
+"""The conductor: the one loop that watches every active crawl and fires schedules.
 
 Only one conductor is active at a time: it holds a Redis lock with a TTL and renews it every
 tick. A second conductor waits as a standby and takes over when the lock lapses.
@@ -17,7 +17,7 @@ from redis.exceptions import LockError, RedisError
 
 from crawler import keys, leases, state
 from crawler.counters import DONE_STATES
-from dashboard import engine, ingest, jobs, live
+from dashboard import engine, ingest, jobs, live, schedules
 from dashboard.models import Crawl
 from dashboard.redis import get_redis
 
@@ -42,7 +42,7 @@ class Observation:
 
 
 class Conductor:
-    def __init__(self, redis=None, tick=None, lock_ttl=None):
+    def __init__(self, redis=None, tick=None, lock_ttl=None, clock=None):
         self.redis = redis or get_redis()
         self.tick_seconds = tick if tick is not None else settings.CONDUCTOR_TICK
         self.lock = self.redis.lock(
@@ -56,6 +56,7 @@ class Conductor:
         self.progress = {}  # crawl code -> (progress signature, monotonic time it last changed)
         self.live = live.Publisher(self.redis)
         self.seen = set()  # crawls whose unacked items this conductor has recovered
+        self.clock = clock or timezone.now  # schedules' "now"; tests pass their own clock
 
     def hold_lock(self):
         """Acquire or renew the lock; return whether this process is the active conductor."""
@@ -86,6 +87,7 @@ class Conductor:
         transaction for the items, one round trip for every crawl's counters, one for every
         worker's heartbeat), so a tick costs a handful of round trips whatever the number of crawls.
         """
+        self.fire_schedules()  # first, so a fire launches within a tick of its due time
         crawls = list(Crawl.objects.active().select_related("project"))
         watched = [crawl for crawl in crawls if crawl.status != Crawl.PENDING]  # pending: launch under way
         items = ingest.drain_many(self.redis, watched, recover={c.code for c in watched} - self.seen)
@@ -112,6 +114,16 @@ class Conductor:
         self.idle_since = {code: t for code, t in self.idle_since.items() if code in active}
         self.progress = {code: p for code, p in self.progress.items() if code in active}
         self.live.forget(active)
+
+    def fire_schedules(self):
+        """Fire due schedules, start queued runs, stop runs past their max run time
+        (dashboard/schedules.py); a failure is logged and retried next tick, from the database."""
+        try:
+            schedules.step(self.clock())
+        except (RedisError, DatabaseError):
+            raise
+        except Exception:
+            log.exception("conductor: schedules")
 
     def read(self, crawls):
         """Counters of every crawl (one round trip), after reaping the workers whose heartbeat

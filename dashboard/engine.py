@@ -36,9 +36,10 @@ def check_workers(count):
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
 
 
-def launch(project, workers=None, trigger=Crawl.TRIGGER_USER):
+def launch(project, workers=None, trigger=Crawl.TRIGGER_USER, schedule=None):
     """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's).
-    ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``)."""
+    ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``), ``schedule`` the schedule that
+    fired it (dashboard/schedules.py)."""
     try:
         definition = frozen_definition(validate_definition(project.definition))
     except DefinitionError as exc:
@@ -48,7 +49,8 @@ def launch(project, workers=None, trigger=Crawl.TRIGGER_USER):
     check_redis()
     with transaction.atomic():
         quotas.check_launch(project.owner, count)  # raises quotas.QuotaExceeded
-        crawl = Crawl.objects.create(project=project, definition=definition, workers=count, trigger=trigger)
+        crawl = Crawl.objects.create(project=project, definition=definition, workers=count, trigger=trigger,
+                                     schedule=schedule)
         transaction.on_commit(lambda: start(crawl))
     return crawl
 

@@ -12,7 +12,8 @@ from django import forms
 from django.conf import settings as django_settings
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
-from dashboard.models import ApiToken, Project, TokenError, validate_definition
+from dashboard import schedules
+from dashboard.models import ApiToken, Project, Schedule, TokenError, validate_definition
 
 FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
 LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
@@ -331,3 +332,39 @@ class ProjectAdminForm(forms.ModelForm):
         self.instance.set_definition(self.cleaned_data["definition"])
         return super().save(commit)
 
+
+
+class ScheduleForm(forms.Form):
+    """A schedule on the project page; checked by the one validator (dashboard.schedules.validate),
+    whose messages land next to their fields."""
+
+    cron = forms.CharField(max_length=100, label="Cron", help_text="Five fields (minute hour day month weekday), "
+                           "e.g. “30 2 * * *”, or @hourly, @daily, @weekly, @monthly.")
+    timezone = forms.CharField(max_length=64, initial="UTC", label="Time zone",
+                               help_text="IANA name, e.g. Europe/Berlin; the cron is read in this zone.",
+                               widget=forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}))
+    workers = StrictIntegerField(required=False, label="Workers",
+                                 help_text=f"1 to {MAX_WORKERS}; empty = the definition's.")
+    overlap = forms.ChoiceField(choices=Schedule.OVERLAP_CHOICES, initial=Schedule.OVERLAP_SKIP,
+                                label="If the previous run is still active")
+    catch_up = forms.ChoiceField(choices=Schedule.CATCH_UP_CHOICES, initial=Schedule.CATCH_UP_ONCE,
+                                 label="Fires missed while the conductor was down")
+    max_runtime = StrictIntegerField(required=False, label="Maximum run time (seconds)",
+                                     help_text="The run is stopped (queue kept) after this; empty = no limit.")
+    enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
+
+    @classmethod
+    def initial_from(cls, schedule):
+        return {field: getattr(schedule, field) for field in schedules.FIELDS}
+
+    def clean(self):
+        data = super().clean()
+        payload = {field: data[field] for field in schedules.FIELDS if field in data}
+        if set(payload) != set(schedules.FIELDS):
+            return data  # a field's own error is shown already
+        try:
+            self.cleaned_schedule = schedules.validate(payload)
+        except schedules.ScheduleError as exc:
+            for field, messages in exc.errors.items():
+                self.add_error(field if field in self.fields else None, messages)
+        return data

@@ -186,6 +186,8 @@ class Crawl(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="crawls")
     trigger = models.CharField(max_length=16, choices=TRIGGER_CHOICES, default=TRIGGER_USER,
                                help_text="What started the crawl: the web UI, the API, a schedule or the Scrapyd API.")
+    schedule = models.ForeignKey("Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="crawls",
+                                 help_text="The schedule that started it (trigger 'schedule').")
     definition = models.JSONField(help_text="Frozen copy of the project's definition at launch.")
     status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PENDING, db_index=True)
     status_changed_at = models.DateTimeField(default=timezone.now, help_text="When the status last changed.")
@@ -617,3 +619,83 @@ def frozen_definition(definition):
     if definition.get("spider"):
         operator["spider_class"] = settings.CRAWLSITE_SPIDERS[definition["spider"]]
     return {**definition, "operator": operator}
+
+
+# --- Schedules (issue 14) -------------------------------------------------------------------------
+
+
+class ScheduleQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(project__owner=user)
+
+
+class Schedule(models.Model):
+    """A recurring launch of a project. What it means (cron, policies, the step that fires it)
+    lives in dashboard/schedules.py; this row is what the conductor claims against."""
+
+    OVERLAP_SKIP = "skip"
+    OVERLAP_QUEUE = "queue"
+    OVERLAP_PARALLEL = "parallel"
+    OVERLAP_CHOICES = [
+        (OVERLAP_SKIP, "Skip the fire"),
+        (OVERLAP_QUEUE, "Start when the previous run ends"),
+        (OVERLAP_PARALLEL, "Run in parallel"),
+    ]
+    CATCH_UP_ONCE = "once"
+    CATCH_UP_SKIP = "skip"
+    CATCH_UP_CHOICES = [
+        (CATCH_UP_ONCE, "One run for all missed fires"),
+        (CATCH_UP_SKIP, "Skip missed fires"),
+    ]
+
+    code = models.CharField(max_length=32, unique=True, default=new_code, editable=False,
+                            help_text="Public code used in URLs and the API.")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="schedules")
+    cron = models.CharField(max_length=100, help_text="Five cron fields, or @hourly, @daily, @weekly, @monthly.")
+    timezone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone the cron is read in.")
+    workers = models.PositiveSmallIntegerField(null=True, blank=True,
+                                               help_text="Workers per run; empty = the definition's.")
+    overlap = models.CharField(max_length=16, choices=OVERLAP_CHOICES, default=OVERLAP_SKIP)
+    catch_up = models.CharField(max_length=16, choices=CATCH_UP_CHOICES, default=CATCH_UP_ONCE)
+    max_runtime = models.PositiveIntegerField(null=True, blank=True,
+                                              help_text="Seconds after which a run is stopped; empty = no limit.")
+    enabled = models.BooleanField(default=True)
+    next_due = models.DateTimeField(db_index=True,
+                                    help_text="The next fire not processed yet (UTC): the step's cursor.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.project.name} · {self.cron} ({self.timezone})"
+
+    def get_absolute_url(self):
+        return reverse("dashboard:schedule-detail", args=[self.code])
+
+
+class ScheduleFire(models.Model):
+    """One due time of a schedule, and what became of it. Inserting this row is the claim:
+    (schedule, due) is unique, so a fire is launched or skipped once, whichever conductor runs."""
+
+    LAUNCHED = "launched"
+    SKIPPED = "skipped"
+    QUEUED = "queued"
+    OUTCOME_CHOICES = [(LAUNCHED, "Launched"), (SKIPPED, "Skipped"), (QUEUED, "Queued")]
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="fires")
+    due = models.DateTimeField(help_text="When the cron said to fire (UTC).")
+    fired_at = models.DateTimeField(help_text="When the conductor processed it (launch, skip or queue).")
+    outcome = models.CharField(max_length=16, choices=OUTCOME_CHOICES, db_index=True)
+    reason = models.TextField(blank=True, help_text="Why it was skipped or queued, for people.")
+    crawl = models.ForeignKey(Crawl, null=True, blank=True, on_delete=models.SET_NULL, related_name="fires")
+
+    class Meta:
+        ordering = ["-due", "-id"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "due"], name="unique_fire_per_schedule_due")]
+
+    def __str__(self):
+        return f"{self.schedule_id} @ {self.due:%Y-%m-%d %H:%M} {self.outcome}"

@@ -15,12 +15,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from crawler.definition import MAX_WORKERS
 from crawler.definition import DefinitionError
-from dashboard import engine, exports, live, quotas, xlsx_builds
+from dashboard import engine, exports, live, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard import items as item_queries
-from dashboard.forms import ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, TokenForm, parse_whole_number
+from dashboard.forms import (ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, ScheduleForm, TokenForm,
+                             parse_whole_number)
 from dashboard.health import health
-from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError, validate_definition
+from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, Schedule, TokenError, validate_definition
 
 
 def _get_project_for_user(request, code):
@@ -157,9 +158,10 @@ def project_edit(request, code):
 @require_GET
 def project_detail(request, code):
     project = _get_project_for_user(request, code)
-    crawls = project.crawls.all()[:50]
+    crawls = project.crawls.select_related("schedule")[:50]
+    rows = [(schedule, schedules.next_runs(schedule, count=1)) for schedule in project.schedules.all()]
     return render(request, "dashboard/project_detail.html",
-                  {"project": project, "crawls": crawls, "usage": quotas.summary(request.user)})
+                  {"project": project, "crawls": crawls, "usage": quotas.summary(request.user), "schedules": rows})
 
 
 @require_http_methods(["GET", "POST"])
@@ -195,6 +197,84 @@ def project_launch(request, code):
     if crawl.status == crawl.FAILED:
         messages.error(request, crawl.reason)
     return redirect(crawl)
+
+
+# --- Schedules (issue 14) ------------------------------------------------------------------------
+
+
+def _get_schedule_for_user(request, code):
+    """The user's own schedule by its public code, or 404."""
+    return get_object_or_404(Schedule.objects.for_user(request.user).select_related("project"), code=code)
+
+
+def _schedule_form_page(request, form, project, schedule=None):
+    return render(request, "dashboard/schedule_form.html", {
+        "form": form, "project": project, "schedule": schedule, "timezones": schedules.timezone_names(),
+    })
+
+
+@require_http_methods(["GET", "POST"])
+def schedule_create(request, code):
+    project = _get_project_for_user(request, code)
+    form = ScheduleForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            schedule = schedules.create(project, form.cleaned_schedule)
+        except schedules.ScheduleError as exc:
+            form.add_error(None, " ".join(exc.errors.get("__all__", [str(exc)])))
+        else:
+            messages.success(request, "Schedule created.")
+            return redirect(schedule)
+    return _schedule_form_page(request, form, project)
+
+
+@require_http_methods(["GET", "POST"])
+def schedule_edit(request, code):
+    schedule = _get_schedule_for_user(request, code)
+    form = ScheduleForm(request.POST or None, initial=ScheduleForm.initial_from(schedule))
+    if request.method == "POST" and form.is_valid():
+        schedules.update(schedule, form.cleaned_schedule)
+        messages.success(request, "Schedule saved.")
+        return redirect(schedule)
+    return _schedule_form_page(request, form, schedule.project, schedule)
+
+
+FIRES_SHOWN = 200
+
+
+@require_GET
+def schedule_detail(request, code):
+    schedule = _get_schedule_for_user(request, code)
+    fires = schedule.fires.select_related("crawl")[:FIRES_SHOWN]
+    return render(request, "dashboard/schedule_detail.html", {
+        "schedule": schedule, "project": schedule.project, "next_runs": schedules.next_runs(schedule),
+        "fires": fires, "fire_count": schedule.fires.count(), "fires_shown": FIRES_SHOWN,
+    })
+
+
+@require_POST
+def schedule_enable(request, code):
+    schedule = _get_schedule_for_user(request, code)
+    schedules.set_enabled(schedule, True)
+    messages.success(request, "Schedule enabled.")
+    return redirect(schedule)
+
+
+@require_POST
+def schedule_disable(request, code):
+    schedule = _get_schedule_for_user(request, code)
+    schedules.set_enabled(schedule, False)
+    messages.success(request, "Schedule disabled: its fires are recorded as skipped until you enable it.")
+    return redirect(schedule)
+
+
+@require_POST
+def schedule_delete(request, code):
+    schedule = _get_schedule_for_user(request, code)
+    project = schedule.project
+    schedule.delete()
+    messages.success(request, "Schedule deleted. The crawls it started are kept.")
+    return redirect(project)
 
 
 @require_POST

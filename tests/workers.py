@@ -11,12 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 _started = []
 
 
-def start_rq_workers(count, **env_overrides):
-    """``count`` burst RQ workers on queue ``crawls`` of the test Redis."""
+def start_rq_workers(count, burst=True, **env_overrides):
+    """``count`` RQ workers on queue ``crawls`` of the test Redis: burst workers (they exit once the
+    queue is empty), or with ``burst=False`` workers that listen until the test kills them."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), **env_overrides)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "rq.cli", "worker", "crawls", "--burst",
+            [sys.executable, "-m", "rq.cli", "worker", "crawls", *(["--burst"] if burst else []),
              "--serializer", "rq.serializers.JSONSerializer", "--url", os.environ["REDIS_URL"]],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

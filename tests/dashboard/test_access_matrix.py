@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from dashboard import xlsx_builds
+from dashboard import schedules, xlsx_builds
 from dashboard.models import ApiToken, Crawl, Item
 from tests.dashboard.factories import definition, project_for
 
@@ -40,6 +40,14 @@ HTTP_TABLE = [
     ("POST", "/projects/import", LOGIN, UNPROCESSABLE, UNPROCESSABLE, UNPROCESSABLE),  # no file sent
     ("POST", "/projects/preview", LOGIN, UNPROCESSABLE, UNPROCESSABLE, UNPROCESSABLE),  # an empty form
     ("POST", "/projects/{project}/preview", LOGIN, NOT_FOUND, UNPROCESSABLE, NOT_FOUND),  # no URL to try
+    ("GET", "/projects/{project}/schedules/new/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/projects/{project}/schedules/new/", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("GET", "/schedules/{schedule}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/schedules/{schedule}/edit/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/schedules/{schedule}/edit/", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/schedules/{schedule}/disable", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/schedules/{schedule}/enable", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/schedules/{spare_schedule}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/crawls/{crawl}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/crawls/{running}/pause", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{running}/stop", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
@@ -72,6 +80,12 @@ HTTP_TABLE = [
     ("DELETE", "/api/projects/{spare}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
     ("POST", "/api/projects/{project}/crawls", UNAUTHORIZED, NOT_FOUND, 201, NOT_FOUND),
     ("GET", "/api/projects/{project}/crawls", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/projects/{project}/schedules", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/projects/{project}/schedules", UNAUTHORIZED, NOT_FOUND, 201, NOT_FOUND),
+    ("GET", "/api/schedules/{schedule}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("PUT", "/api/schedules/{schedule}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("DELETE", "/api/schedules/{spare_schedule}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("GET", "/api/schedules/{schedule}/fires", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{running}/pause", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{running}/stop", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
@@ -106,10 +120,13 @@ def world(db, owner, outsider, staff):
     staff.save()
     xlsx_builds.build(crawl.code, item.pk)  # a ready Excel file of the crawl's items
     token, _secret = ApiToken.create_for(owner, "owner's script")
+    schedule = schedules.create(project, schedules.validate({"cron": "@daily"}))
+    spare_schedule = schedules.create(project, schedules.validate({"cron": "@hourly"}))
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
         "ids": {"project": project.code, "spare": spare.code, "crawl": crawl.code, "running": running.code, "item": item.key,
-                "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code},
+                "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code,
+                "schedule": schedule.code, "spare_schedule": spare_schedule.code},
     }
 
 
@@ -130,12 +147,16 @@ def request(role, method, path, world):
                 body = json.dumps({"workers": 1})
             elif path == "/api/tokens":
                 body = json.dumps({"name": f"Made by {role}", "expires": "30d"})
+            elif "/schedules" in path:
+                body = json.dumps({"cron": "*/5 * * * *", "enabled": False})
             elif path == "/api/projects" or method == "PUT":
                 body = json.dumps(definition(f"Made by {role}"))
             else:
                 body = "{}"
         elif path == "/account/tokens/new":
             body = {"name": f"Made by {role}", "expires": "never"}
+        elif "/schedules/" in path and (path.endswith("/new/") or path.endswith("/edit/")):
+            body = {"cron": "@weekly", "timezone": "Europe/Berlin", "overlap": "skip", "catch_up": "once"}
         else:
             body = {"workers": "1"}
     call = getattr(client, method.lower())
@@ -198,7 +219,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|stopping|item|snapshot|token)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|stopping|item|snapshot|token|schedule|spare_schedule)\}", "{}", path)
     for action in ("pause", "resume", "stop", "force-stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path

@@ -12,6 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
+from dashboard import schedules
 from dashboard.forms import ProjectForm
 from dashboard.middleware import POLICY
 from dashboard.models import ApiToken, Crawl, Item
@@ -152,7 +153,9 @@ def fuzz_world(db, owner):
     project = project_for(owner, "Fuzzed")
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
     Item.objects.create(crawl=crawl, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "t": "x"})
-    return {"token": ApiToken.issue(owner), "project_id": project.code, "code": crawl.code, "calls": [0]}
+    schedule = schedules.create(project, schedules.validate({"cron": "@daily"}))
+    return {"token": ApiToken.issue(owner), "project_id": project.code, "code": crawl.code,
+            "schedule_id": schedule.code, "calls": [0]}
 
 
 @pytest.mark.django_db
@@ -163,7 +166,7 @@ def test_api_fuzzed_against_its_schema_never_answers_500(case, fuzz_world):
     # Every other call aims at objects that exist, so the fuzzing reaches past the 404s.
     fuzz_world["calls"][0] += 1
     if fuzz_world["calls"][0] % 2 and case.path_parameters:
-        for name in ("project_id", "code"):
+        for name in ("project_id", "code", "schedule_id"):
             if name in case.path_parameters:
                 case.path_parameters[name] = fuzz_world[name]
     response = case.call()
