@@ -28,7 +28,7 @@ from django.urls import reverse
 
 from crawler import keys, state
 from crawler.counters import COUNTERS, DONE_STATES, SERIES, no_rates
-from dashboard import jobs
+from dashboard import history, jobs
 from dashboard.models import Crawl, Project, transient_bound
 from dashboard.redis import get_redis
 
@@ -450,6 +450,9 @@ def crawl_view(crawl, reading, now=None):
     if not crawl.is_active:
         current_rates = no_rates()
     rows = with_waiting_workers(counters.get("workers", {}), counters.get("jobs", {}))
+    quality = counters.get("stats") or {}
+    if not crawl.is_active and "invalid" in (crawl.stats or {}):
+        quality = crawl.stats  # recorded when the run ended (exact)
     return {
         "code": crawl.code,
         "project": crawl.project.code,
@@ -465,6 +468,8 @@ def crawl_view(crawl, reading, now=None):
         "rates": current_rates,
         "progress": progress(counters),
         "status_codes": counters.get("status", {}),
+        "invalid": _int(quality.get("invalid")),  # items that failed validation (dashboard/ingest.py)
+        "replaced": _int(quality.get("replaced")),  # items replaced by a later one with the same unique key
         "workers": workers_message(rows),
         "stalled": {"since": crawl.stalled_since, "reason": crawl.stalled_reason} if crawl.stalled_since else None,
         "overdue": overdue(crawl, counters, now),
@@ -585,13 +590,21 @@ def crawl_snapshot(crawl, items, redis=None):
     if not crawl.is_active and not reading:
         # An ended crawl: what is left in Redis (workers, status codes) until it is cleaned up.
         reading = state.read_counters(redis, crawl.code)
+    log_lines = [log_message(i, f) for i, f in reversed(log_entries)]
+    kept = history.stored(crawl) if not crawl.is_active or not series else None
+    if kept is not None:
+        # Redis lost it (cancelled, restarted) or the run is over: what the database kept.
+        if len(kept.series) > len(series):
+            series = kept.series
+        if not log_lines:
+            log_lines = [log_message(line.get("id", ""), line) for line in kept.log[-SNAPSHOT_LOG:]]
     return {
         "type": "crawl.snapshot",
         "seq": int(seq or 0),
         "time": time.time(),
         **crawl_view(crawl, reading),
         "items": [item_message(i) for i in items],
-        "log": [log_message(i, f) for i, f in reversed(log_entries)],
+        "log": log_lines,
         "series_fields": SERIES_FIELDS,
         "series": series,
     }
