@@ -300,3 +300,17 @@ def compare(crawl, other, limit=COMPARE_LIST):
         "disappeared": {"count": disappeared.values("ident").distinct().count(),
                         "first": _keys(disappeared, key_fields, limit)},
     }
+
+
+def compare_rows(result):
+    """A comparison as ``(label, this run, other run)`` rows for the compare page."""
+    a, b = result["crawl"], result["other"]
+    rows = [("status", a["status"], b["status"]), ("trigger", a["trigger"], b["trigger"]),
+            ("duration (s)", a["duration_s"], b["duration_s"])]
+    rows += [(name, a["counters"].get(name, 0), b["counters"].get(name, 0)) for name in a["counters"]]
+    rows += [(name.replace("_", " "), a["rates"][name], b["rates"][name]) for name in a["rates"]]
+    for key, label, zero in (("status_codes", "HTTP {}", 0), ("errors_by_type", "errors: {}", 0),
+                             ("coverage", "coverage of {} (%)", None)):
+        for name in sorted(set(a[key]) | set(b[key])):
+            rows.append((label.format(name), a[key].get(name, zero), b[key].get(name, zero)))
+    return rows

@@ -250,6 +250,7 @@ def crawl_compare(request, code):
     result = history.compare(crawl, other) if other is not None else None
     return render(request, "dashboard/compare.html", {
         "crawl": crawl, "other": other, "runs": runs, "result": result, "error": error,
+        "rows": history.compare_rows(result) if result else [],
     }, status=422 if error else 200)
 
 
