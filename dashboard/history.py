@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from crawler import keys, state
 from crawler.counters import COUNTERS, SERIES
+from dashboard import live
 from dashboard.ingest import INVALID, REPLACED
 from dashboard.models import Crawl, CrawlHistory, Item
 from dashboard.redis import get_redis
@@ -63,17 +64,8 @@ def _parse(replies):
             series.append(json.loads(raw))
         except ValueError:
             continue
-    lines = [{"id": entry_id, "worker": f.get("worker", ""), "level": f.get("level", ""),
-              "logger": f.get("logger", ""), "message": f.get("message", "")[:2000], "time": _float(f.get("time"))}
-             for entry_id, f in reversed(raw_log or [])]
+    lines = [live.log_message(entry_id, f) for entry_id, f in reversed(raw_log or [])]
     return {"counters": counters, "series": series, "log": lines}
-
-
-def _float(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def errors_by_type(counters):

@@ -21,6 +21,7 @@ import time
 from collections import deque
 
 from channels.layers import get_channel_layer
+from redis.exceptions import RedisError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
@@ -28,8 +29,8 @@ from django.urls import reverse
 
 from crawler import keys, state
 from crawler.counters import COUNTERS, DONE_STATES, SERIES, no_rates
-from dashboard import history, jobs
-from dashboard.models import Crawl, Project, transient_bound
+from dashboard import jobs
+from dashboard.models import Crawl, CrawlHistory, Project, transient_bound
 from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -573,27 +574,36 @@ def crawl_snapshot(crawl, items, redis=None):
     """The full picture of one crawl for a page that just connected.
 
     ``items`` are the newest stored items (newest first) as dicts ``{id, key, url, worker, data}``.
+    An ended crawl's page works without Redis too: its history is in the database.
     """
-    redis = redis or get_redis()
-    reading = read(redis, [crawl])[crawl.code]
-    pipe = redis.pipeline(transaction=False)
-    pipe.hget(keys.live(crawl.code), "seq")
-    pipe.lrange(keys.series(crawl.code), 0, -1)
-    pipe.xrevrange(keys.log(crawl.code), count=SNAPSHOT_LOG)
-    seq, raw_series, log_entries = pipe.execute()
+    try:
+        redis = redis or get_redis()
+        reading = read(redis, [crawl])[crawl.code]
+        pipe = redis.pipeline(transaction=False)
+        pipe.hget(keys.live(crawl.code), "seq")
+        pipe.lrange(keys.series(crawl.code), 0, -1)
+        pipe.xrevrange(keys.log(crawl.code), count=SNAPSHOT_LOG)
+        seq, raw_series, log_entries = pipe.execute()
+        if not crawl.is_active and not reading:
+            # An ended crawl: what is left in Redis (workers, status codes) until it is cleaned up.
+            reading = state.read_counters(redis, crawl.code)
+    except RedisError:
+        if crawl.is_active:
+            raise
+        return _snapshot(crawl, {}, 0, items, [], [])
     series = []
     for raw in raw_series:
         try:
             series.append(json.loads(raw))
         except ValueError:
             continue
-    if not crawl.is_active and not reading:
-        # An ended crawl: what is left in Redis (workers, status codes) until it is cleaned up.
-        reading = state.read_counters(redis, crawl.code)
-    log_lines = [log_message(i, f) for i, f in reversed(log_entries)]
-    kept = history.stored(crawl) if not crawl.is_active or not series else None
+    return _snapshot(crawl, reading, seq, items, [log_message(i, f) for i, f in reversed(log_entries)], series)
+
+
+def _snapshot(crawl, reading, seq, items, log_lines, series):
+    kept = CrawlHistory.objects.filter(crawl=crawl).first() if not crawl.is_active or not series else None
     if kept is not None:
-        # Redis lost it (cancelled, restarted) or the run is over: what the database kept.
+        # Redis lost it (cancelled, restarted, unreachable) or the run is over: what the database kept.
         if len(kept.series) > len(series):
             series = kept.series
         if not log_lines:

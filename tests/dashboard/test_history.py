@@ -80,7 +80,7 @@ def test_invalid_items_are_stored_with_their_errors_and_counted_live_and_in_the_
     assert sorted(r["sku"] for r in rows) == ["3", "x2"]
 
 
-def test_history_survives_cancel_and_the_loss_of_the_crawls_redis_keys(owner):
+def test_history_survives_cancel_and_the_loss_of_the_crawls_redis_keys(owner, settings):
     crawl = crawl_of(shop(owner))
     redis = crawl_redis()
     publisher = live.Publisher(redis)
@@ -107,6 +107,13 @@ def test_history_survives_cancel_and_the_loss_of_the_crawls_redis_keys(owner):
     snapshot = live.crawl_page_context(crawl)["live"]
     assert len(snapshot["series"]) == 3 and snapshot["status_codes"] == {"200": 5, "404": 2}
     assert [line["message"] for line in snapshot["log"]] == ["boom"]
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # Redis unreachable: the page still has it all
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/crawls/{crawl.code}/")
+    assert page.status_code == 200 and len(page.context["live"]["series"]) == 3
+    assert page.context["live"]["counters"]["pages"] == 7
 
 
 def test_the_conductor_copies_an_active_crawls_history_periodically(owner, settings):

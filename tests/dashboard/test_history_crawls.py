@@ -12,9 +12,8 @@ from django.test import Client
 
 from dashboard import engine
 from dashboard.models import ApiToken, Crawl, CrawlHistory, Project
-from tests.dashboard.test_engine import conduct_until_done
+from tests.dashboard.test_engine import run_with_workers
 from tests.servers import allow_crawling, disallow_crawling
-from tests.workers import start_rq_workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,12 +64,7 @@ class Shop:
 
 def run(project):
     crawl = engine.launch(project, workers=1)
-    procs = start_rq_workers(1)
-    try:
-        conduct_until_done([crawl])
-    finally:
-        for proc in procs:
-            proc.wait(90)
+    run_with_workers([crawl])
     assert crawl.status == Crawl.FINISHED, crawl.reason
     return crawl
 
