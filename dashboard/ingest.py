@@ -57,7 +57,8 @@ def _drain(redis, crawl, batch):
         rows.append(item)
         stored.append(message)
     with transaction.atomic():
-        counts = store(crawl, rows)
+        inserts, counts = upsert(crawl, rows)
+        Item.objects.bulk_create(inserts, ignore_conflicts=True, batch_size=500)
     ids = [message_id for message_id, _fields in messages]
     pipe = redis.pipeline(transaction=False)
     pipe.xack(stream, keys.ITEMS_GROUP, *ids)
@@ -111,10 +112,13 @@ def drain_many(redis, crawls, batch=None, recover=None):
         for item, stored in _rows(crawl, messages, now):
             rows.setdefault(crawl.code, (crawl, []))[1].append(item)
             found[crawl.code].append(stored)
-    counts = {}
+    counts, inserts = {}, []
     if rows:
         with transaction.atomic():
-            counts = {code: store(crawl, items) for code, (crawl, items) in rows.items()}
+            for code, (crawl, items) in rows.items():
+                new, counts[code] = upsert(crawl, items)
+                inserts.extend(new)
+            Item.objects.bulk_create(inserts, ignore_conflicts=True, batch_size=500)
     if acks:
         pipe = redis.pipeline(transaction=False)
         for code, ids in acks.items():
@@ -137,9 +141,10 @@ def checks(crawl):
     return found
 
 
-def store(crawl, rows):
-    """Insert ``rows`` (Items of ``crawl``) idempotently; with a unique key, a later item replaces
-    the stored one with the same key. Returns ``(invalid, replaced)`` for the live counters."""
+def upsert(crawl, rows):
+    """With a unique key, a later item replaces the stored one with the same key (updated here).
+    Returns the rows left to insert (idempotently, by the caller: one insert for every crawl of
+    a tick) and ``(invalid, replaced)`` for the live counters."""
     keyed = [row for row in rows if row.unique_key]
     plain = [row for row in rows if not row.unique_key]
     replaced = 0
@@ -163,8 +168,7 @@ def store(crawl, rows):
             Item.objects.bulk_update(updates, ["key", "url", "data", "worker", "created_at", "invalid", "errors"],
                                      batch_size=500)
             replaced += len(updates)
-    Item.objects.bulk_create(plain, ignore_conflicts=True, batch_size=500)
-    return sum(1 for row in rows if row.invalid), replaced
+    return plain, (sum(1 for row in rows if row.invalid), replaced)
 
 
 def _count(pipe, code, counts):
