@@ -227,6 +227,7 @@
     }
     if (charts.rates) charts.rates.setData(columns(["t", "pages_per_s", "items_per_s"]));
     if (charts.queue) charts.queue.setData(columns(["t", "queued", "in_flight"]));
+    $('[data-chart="rates"]').setAttribute("data-points", String(series.length));  // points drawn
   }
 
   function snapshot(msg) {

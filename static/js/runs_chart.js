@@ -22,6 +22,7 @@
       return {label: name, stroke: colors[i], width: 2, points: {show: true, size: 6}};
     })),
   }, data, el);
+  el.setAttribute("data-points", String(runs.length));
   if (window.ResizeObserver) {
     new ResizeObserver(function () {
       if (el.clientWidth) chart.setSize({width: el.clientWidth, height: 200});
