@@ -100,8 +100,14 @@ RE2Validator = validators.extend(Draft202012Validator, {
 })
 
 
+class _TooDeep(Exception):
+    pass
+
+
 def _walk(node: Any, depth: int = 0):
-    """Every (depth, key, value) of a JSON document."""
+    """Every (depth, key, value) of a JSON document; _TooDeep past MAX_SCHEMA_DEPTH levels."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise _TooDeep
     if isinstance(node, dict):
         for key, value in node.items():
             yield depth, key, value
@@ -115,13 +121,18 @@ def schema_problems(schema: Any) -> list[str]:
     """Why ``schema`` cannot be used (empty list: it can)."""
     if not isinstance(schema, dict):
         return ["Must be a JSON Schema object."]
-    size = len(json.dumps(schema, ensure_ascii=False).encode())
+    deep = [f"The schema is nested more than {MAX_SCHEMA_DEPTH} levels deep."]
+    try:
+        entries = list(_walk(schema))  # depth first: json.dumps of a very deep document would recurse
+        size = len(json.dumps(schema, ensure_ascii=False).encode())
+    except (_TooDeep, RecursionError):
+        return deep
+    except (TypeError, ValueError):
+        return ["The schema must be plain JSON."]
     if size > MAX_SCHEMA_BYTES:
         return [f"The schema is {size} bytes long; at most {MAX_SCHEMA_BYTES} are allowed."]
     problems = []
-    for depth, key, value in _walk(schema):
-        if depth > MAX_SCHEMA_DEPTH:
-            return [f"The schema is nested more than {MAX_SCHEMA_DEPTH} levels deep."]
+    for _depth, key, value in entries:
         if key in REFUSED_KEYWORDS:
             problems.append(f"{key} {REFUSED_KEYWORDS[key]}.")
         elif key in ("$ref", "$dynamicRef") and (not isinstance(value, str) or not value.startswith("#")):
