@@ -115,3 +115,9 @@ def test_unique_key_is_a_hash_of_the_key_fields_and_none_when_they_are_empty():
     assert unique_key({"sku": "1"}, ["sku"]) != unique_key({"sku": "2"}, ["sku"])
     assert unique_key({"sku": ""}, ["sku"]) is None
     assert unique_key({"sku": "1"}, []) is None
+
+
+def test_a_reference_to_nowhere_marks_the_item_instead_of_failing_the_ingest():
+    d = checked(validation={"schema": {"$id": "http://127.0.0.1:1/item", "properties": {"sku": {"$ref": "#/nope"}}}})
+    errors = ItemValidator(d["validation"]).errors({"sku": "1"})
+    assert len(errors) == 1 and errors[0].startswith("schema:") and "nope" in errors[0]
