@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from .patterns import PatternError, compile_pattern
+from .validation import check_unique_key, check_validation
 
 __all__ = ["ALLOWED_SETTINGS", "DefinitionError", "default_definition", "validate", "validate_url", "MAX_START_URLS"]
 
@@ -66,7 +67,8 @@ ALLOWED_SETTINGS: dict[str, dict[str, Any]] = {
     "COOKIES_ENABLED": {"type": bool, "default": True, "help": "Keep cookies between requests."},
 }
 
-TOP_LEVEL = ("name", "start_urls", "allowed_domains", "follow", "limits", "item", "spider", "settings", "workers")
+TOP_LEVEL = ("name", "start_urls", "allowed_domains", "follow", "limits", "item", "spider", "settings", "workers",
+             "validation", "unique_key")
 
 
 class DefinitionError(ValueError):
@@ -89,6 +91,8 @@ def default_definition() -> dict[str, Any]:
         "spider": "",
         "settings": {},
         "workers": 1,
+        "validation": {"required": [], "rules": [], "schema": None},
+        "unique_key": [],
     }
 
 
@@ -420,6 +424,11 @@ def validate(data: dict, spiders: Iterable[str] = ()) -> dict:
             out["item"]["fields"] = norm_fields
             if not spider and not fields and "item.fields" not in errors:
                 errors.add("item.fields", "Add at least one field (or name a custom spider).")
+
+    # validation and unique key: rules may name only extracted fields (any field for a custom spider)
+    extracted = None if spider else [f["name"] for f in out["item"]["fields"] if isinstance(f["name"], str)]
+    out["validation"] = check_validation(data.get("validation"), extracted, errors.add)
+    out["unique_key"] = check_unique_key(data.get("unique_key"), extracted, errors.add)
 
     # settings
     settings = data.get("settings", {})

@@ -277,6 +277,7 @@ class WorkerStats:
 
     def spider_error(self, failure: Any, response: Any, spider: Any = None) -> None:
         self._count("errors")
+        self._count("errors:spider")  # errors by type, kept in the run's history
 
     def item_scraped(self, item: Any, response: Any, spider: Any = None) -> None:
         self._count("items_local")
@@ -334,6 +335,8 @@ class WorkerStats:
                 if delta:
                     field = "errors" if name == "errors_download" else name
                     pipe.hincrby(keys.stats(self.code), field, delta)
+                    if name == "errors_download":  # errors by type, kept in the run's history
+                        pipe.hincrby(keys.stats(self.code), "errors:download", delta)
                     pushed[name] = value
             pipe.hset(keys.workers(self.code), self.worker, json.dumps(self.snapshot()))
             if final:

@@ -236,6 +236,8 @@ PREVIEW_TIMEOUT = env_float("PREVIEW_TIMEOUT", 40, minimum=5, maximum=600)
 DEFINITION_IMPORT_MAX_BYTES = env_int("DEFINITION_IMPORT_MAX_BYTES", 512 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
 # Items moved from Redis to the database per crawl per conductor tick, at most.
 CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
+# Seconds between two copies of an active crawl's history (series, log, counters) to the database.
+HISTORY_INTERVAL = env_float("HISTORY_INTERVAL", 20.0, minimum=1, maximum=3600)
 
 # Per-user caps, checked at launch, resume and scale-up (0 = no cap).
 MAX_ACTIVE_CRAWLS_PER_USER = env_int("MAX_ACTIVE_CRAWLS_PER_USER", 10, minimum=0, maximum=100_000)

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from dashboard.forms import ProjectAdminForm
-from dashboard.models import ApiToken, Crawl, Item, Project, Schedule, ScheduleFire
+from dashboard.models import ApiToken, Crawl, CrawlHistory, Item, Project, Schedule, ScheduleFire
 
 
 @admin.register(Project)
@@ -30,9 +30,23 @@ class CrawlAdmin(admin.ModelAdmin):
         return False
 
 
+@admin.register(CrawlHistory)
+class CrawlHistoryAdmin(admin.ModelAdmin):
+    list_display = ["crawl", "updated_at"]
+    search_fields = ["crawl__code"]
+    raw_id_fields = ["crawl"]
+
+    def has_add_permission(self, request):
+        return False  # kept by the conductor (dashboard/history.py)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):
-    list_display = ["key", "crawl", "url", "created_at"]
+    list_display = ["key", "crawl", "url", "invalid", "created_at"]
+    list_filter = ["invalid"]
     search_fields = ["key", "url"]
     raw_id_fields = ["crawl"]
 

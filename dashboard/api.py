@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
-from dashboard import engine, live, quotas, schedules, xlsx_builds
+from dashboard import engine, history, live, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
 from dashboard.models import (
@@ -139,6 +139,8 @@ class CrawlOut(Schema):
     stalled: StalledOut | None
     overdue: OverdueOut | None
     items_stored: int
+    invalid: int = 0  # items that failed the project's validation
+    replaced: int = 0  # items replaced by a later one with the same unique key
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -369,6 +371,8 @@ class ItemOut(Schema):
     data: dict[str, Any]
     worker: str
     created_at: datetime
+    invalid: bool = False
+    errors: list[str] = []
 
 
 class ItemsPage(Schema):
@@ -382,10 +386,11 @@ MAX_ITEM_ID = 2 ** 63 - 1  # the largest id a database can hold; bigger cursors 
 @api.get("/crawls/{code}/items", response={200: ItemsPage, 404: ErrorOut}, tags=["items"])
 def list_items(request, code: str,
                after: int | None = Query(None, ge=0, le=MAX_ITEM_ID, description="cursor: the last id seen"),
-               limit: int = Query(100, ge=1, le=ITEMS_PAGE_MAX, description=f"items per page, 1..{ITEMS_PAGE_MAX}")):
+               limit: int = Query(100, ge=1, le=ITEMS_PAGE_MAX, description=f"items per page, 1..{ITEMS_PAGE_MAX}"),
+               invalid: bool = Query(False, description="only the items that failed validation")):
     """Items in the order they were stored; pass ``next`` back as ``after`` for the next page.
     ``limit`` is 1..1000; any other value (or a negative ``after``) is a 422 naming the parameter."""
-    return items_page(_crawl(request, code), after=after, limit=limit)
+    return items_page(_crawl(request, code), after=after, limit=limit, invalid=invalid)
 
 
 class XlsxBuildOut(Schema):
@@ -405,17 +410,33 @@ def _xlsx_status(request, build, code=202):
 
 @api.get("/crawls/{code}/export", response={200: None, 202: XlsxBuildOut, 400: ErrorOut, 404: ErrorOut},
          tags=["items"])
-def export_items(request, code: str, format: str = "jsonl"):
+def export_items(request, code: str, format: str = "jsonl", only: str | None = None):
     """A streamed download of every item stored so far (a consistent snapshot while running):
-    ``jsonl``, ``json``, ``csv`` or ``xml``.
+    ``jsonl``, ``json``, ``csv`` or ``xml``. ``only=invalid`` keeps the items that failed
+    validation, ``only=new`` those whose item key was not in the project's previous finished run.
 
     ``xlsx`` is built by a background job: the file itself (200) when one of the items stored now
     is ready, else 202 with ``status_url`` (poll it) and ``file_url`` (the file once ready)."""
     crawl = _crawl(request, code)
-    if format != "xlsx":
-        return export_response(crawl, format)
+    if format != "xlsx" or only:
+        return export_response(crawl, format, only)
     build = xlsx_builds.request(crawl)
     return xlsx_builds.file_response(crawl, build.snapshot) if build.is_ready else _xlsx_status(request, build)
+
+
+@api.get("/crawls/{code}/compare", response={200: dict[str, Any], 404: ErrorOut, 422: ValidationOut},
+         tags=["crawls"])
+def compare_crawls(request, code: str, other: str = Query(..., alias="with", max_length=32,
+                                                            description="code of the run to compare with")):
+    """Two runs of one project side by side: counts, duration, rates, status codes, errors by
+    type, field coverage, and the item keys that appeared (in ``code`` only) or disappeared (in
+    ``with`` only), as distinct counts plus the first 50 of each."""
+    crawl = _crawl(request, code)
+    with_crawl = _crawl(request, other)
+    if with_crawl.project_id != crawl.project_id:
+        detail = f"Crawl {other} is a run of another project; compare runs of one project."
+        return Status(422, {"detail": detail, "errors": {"with": [detail]}})
+    return history.compare(crawl, with_crawl)
 
 
 Snapshot = Path(..., ge=0, le=MAX_ITEM_ID, description="the largest item id in the file")

@@ -17,7 +17,7 @@ from redis.exceptions import LockError, RedisError
 
 from crawler import keys, leases, state
 from crawler.counters import DONE_STATES
-from dashboard import engine, ingest, jobs, live, schedules
+from dashboard import engine, history, ingest, jobs, live, schedules
 from dashboard.models import Crawl
 from dashboard.redis import get_redis
 
@@ -55,6 +55,7 @@ class Conductor:
         self.idle_since = {}  # crawl code -> monotonic time its work ran out
         self.progress = {}  # crawl code -> (progress signature, monotonic time it last changed)
         self.live = live.Publisher(self.redis)
+        self.history = history.Keeper(self.redis, interval=settings.HISTORY_INTERVAL)
         self.seen = set()  # crawls whose unacked items this conductor has recovered
         self.clock = clock or timezone.now  # schedules' "now"; tests pass their own clock
 
@@ -108,12 +109,14 @@ class Conductor:
             self.live.publish_overview()
         except Exception:
             log.exception("conductor: overview update")
+        self.history.tick([o.crawl for o in observations if o.crawl.is_active])
         self.sweep_cancelled()
         # Forget what was kept for crawls that ended.
         active = {crawl.code for crawl in crawls if crawl.is_active}
         self.idle_since = {code: t for code, t in self.idle_since.items() if code in active}
         self.progress = {code: p for code, p in self.progress.items() if code in active}
         self.live.forget(active)
+        self.history.forget(active)
 
     def fire_schedules(self):
         """Fire due schedules, start queued runs, stop runs past their max run time
@@ -304,6 +307,8 @@ class Conductor:
             else:
                 changed = crawl.mark_workers_lost(stats, o.reason)
             o.counters = counters
+            if changed:
+                history.record_run(crawl)  # the run's history and final quality counts, into the database
         if changed:
             self.idle_since.pop(crawl.code, None)
         else:

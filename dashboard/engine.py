@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from crawler import state
 from crawler.counters import COUNTERS, DONE_STATES
 from crawler.definition import MAX_WORKERS, DefinitionError
-from dashboard import ingest, jobs, quotas
+from dashboard import history, ingest, jobs, quotas
 from dashboard.models import Crawl, InvalidTransition, frozen_definition, validate_definition
 from dashboard.redis import get_redis
 
@@ -84,9 +84,12 @@ def control(crawl, action):
     elif action == "force_stop":
         crawl.force_stop()
         finalize(crawl)
+        history.record_run(crawl)
     else:
         getattr(crawl, action)()
     if action == "cancel":
+        ingest.drain_all(get_redis(), crawl)
+        history.record_run(crawl)  # before its Redis state goes
         purge(crawl)
     return crawl
 

@@ -104,14 +104,31 @@ def snapshot_max_id(crawl: Crawl) -> int:
     return crawl.items.aggregate(m=Max("id"))["m"] or 0
 
 
-def _snapshot(crawl: Crawl, max_id: int):
-    return Item.objects.filter(crawl=crawl, id__lte=max_id).order_by("id")
+# Export filters (``?only=``): the items that failed validation, or those whose item key was not
+# in the project's previous finished run (dashboard/history.py).
+ONLY = ("invalid", "new")
 
 
-def _iter_data(crawl: Crawl, max_id: int) -> Iterator[list[dict]]:
+def only_items(crawl: Crawl, rows, only: str | None):
+    """``rows`` (items of ``crawl``) limited by an export filter of ``ONLY`` (None: all)."""
+    from dashboard import history  # history imports the ingest, which needs the models only
+
+    if only == "invalid":
+        return rows.filter(invalid=True)
+    if only == "new":
+        previous = history.previous_finished(crawl)
+        return history.not_in(rows, previous) if previous is not None else rows
+    return rows
+
+
+def _snapshot(crawl: Crawl, max_id: int, only: str | None = None):
+    return only_items(crawl, Item.objects.filter(crawl=crawl, id__lte=max_id), only).order_by("id")
+
+
+def _iter_data(crawl: Crawl, max_id: int, only: str | None = None) -> Iterator[list[dict]]:
     """The snapshot's item dicts, one list of up to CHUNK_SIZE per database fetch."""
     chunk: list[dict] = []
-    for data in _snapshot(crawl, max_id).values_list("data", flat=True).iterator(chunk_size=CHUNK_SIZE):
+    for data in _snapshot(crawl, max_id, only).values_list("data", flat=True).iterator(chunk_size=CHUNK_SIZE):
         chunk.append(data if isinstance(data, dict) else {"value": data})
         if len(chunk) >= CHUNK_SIZE:
             yield chunk
@@ -295,12 +312,12 @@ def _drain(buffer: io.BytesIO) -> bytes:
     return data
 
 
-def iter_export(crawl: Crawl, fmt: str, max_id: int) -> Iterator[bytes]:
+def iter_export(crawl: Crawl, fmt: str, max_id: int, only: str | None = None) -> Iterator[bytes]:
     """The export of a text format as byte parts, one per chunk of items."""
     buffer = io.BytesIO()
     exporter = _make_exporter(fmt, buffer, crawl, max_id)
     exporter.start_exporting()
-    for chunk in _iter_data(crawl, max_id):
+    for chunk in _iter_data(crawl, max_id, only):
         for data in chunk:
             exporter.export_item(data)
         yield _drain(buffer)
@@ -416,34 +433,55 @@ def unknown_format_response(fmt: Any) -> JsonResponse:
     )
 
 
-def export_response(crawl: Crawl, fmt: str):
+def unknown_filter_response(only: Any, fmt: str = "") -> JsonResponse | None:
+    """A 400 naming the valid values of ``only`` (None when ``only`` is fine for ``fmt``)."""
+    if only in (None, ""):
+        return None
+    if only not in ONLY:
+        detail = f"Unknown export filter only={str(only)[:40]!r}. Valid filters: {', '.join(ONLY)}."
+    elif fmt == "xlsx":
+        detail = "The only= filter is not available for xlsx; use jsonl, json, csv or xml."
+    else:
+        return None
+    return JsonResponse({"detail": detail, "errors": {"only": [detail]}}, status=400)
+
+
+def export_response(crawl: Crawl, fmt: str, only: str | None = None):
     """The streamed download of ``crawl``'s items in ``fmt`` (a consistent snapshot), or a 400.
+    ``only`` limits it to invalid items or to items new since the previous finished run.
 
     The caller has already checked that the user may see ``crawl``, and handles ``xlsx`` itself
     (built by a job: :mod:`dashboard.xlsx_builds`).
     """
     if fmt not in FORMATS:
         return unknown_format_response(fmt)
+    refused = unknown_filter_response(only, fmt)
+    if refused is not None:
+        return refused
     if fmt == "xlsx":
         raise ValueError("xlsx exports are built by a job on the tasks queue (dashboard.xlsx_builds)")
     max_id = snapshot_max_id(crawl)
-    response = ExportResponse(iter_export(crawl, fmt, max_id), content_type=FORMATS[fmt][1])
+    response = ExportResponse(iter_export(crawl, fmt, max_id, only or None), content_type=FORMATS[fmt][1])
     return download_headers(response, crawl, fmt, max_id)
 
 
 # --- cursor pages for the API -----------------------------------------------------------------
 
 
-def items_page(crawl: Crawl, after: int | None = None, limit: int = 100) -> dict[str, Any]:
+def items_page(crawl: Crawl, after: int | None = None, limit: int = 100, invalid: bool = False) -> dict[str, Any]:
     """Up to ``limit`` items with an id above ``after``, oldest first; ``next`` is the cursor.
 
-    ``next`` is None on the last page. ``limit`` is clamped to 1..1000.
+    ``next`` is None on the last page. ``limit`` is clamped to 1..1000. ``invalid``: only the
+    items that failed validation.
     """
     limit = max(1, min(int(limit or 100), ITEMS_PAGE_MAX))
     rows = Item.objects.filter(crawl=crawl)
+    if invalid:
+        rows = rows.filter(invalid=True)
     if after:
         rows = rows.filter(id__gt=int(after))
-    rows = list(rows.order_by("id").values("id", "key", "url", "data", "worker", "created_at")[: limit + 1])
+    rows = list(rows.order_by("id").values("id", "key", "url", "data", "worker", "created_at", "invalid",
+                                           "errors")[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
     return {"items": rows, "next": rows[-1]["id"] if more else None}

@@ -37,8 +37,16 @@ ERROR_FIELDS = [
     ("spider", "spider"),
     ("settings", "settings"),
     ("workers", "workers"),
+    ("validation.required", "required_fields"),
+    ("validation.rules", "validation_rules"),
+    ("validation.schema", "validation_schema"),
+    ("validation", "validation_rules"),
+    ("unique_key", "unique_key"),
 ]
-LINE_FIELDS = {"start_urls", "allowed_domains", "follow_allow", "follow_deny", "fields"}
+LINE_FIELDS = {"start_urls", "allowed_domains", "follow_allow", "follow_deny", "fields", "required_fields",
+               "validation_rules"}
+RULE_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:\s*(.*)$")
+RULE_TOKEN = re.compile(r"([a-z_]+)=(\S+)")
 
 
 ASCII_WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
@@ -111,6 +119,34 @@ def format_fields(fields):
     return "\n".join(f"{f['name']}{'[]' if f.get('many') else ''}: {f['selector']}" for f in fields)
 
 
+def parse_rules(text):
+    """``field: type=number min=0 max=100 pattern=^[0-9]+$`` per line (values without spaces)."""
+    rules, problems = [], []
+    for number, line in enumerate(_lines(text), start=1):
+        match = RULE_LINE.match(line)
+        tokens = RULE_TOKEN.findall(match.group(2)) if match else []
+        if not match or not tokens or RULE_TOKEN.sub("", match.group(2)).strip():
+            problems.append(f"Line {number}: write it as “field: type=number min=0” with key=value pairs "
+                            "(type, pattern, min_length, max_length, min, max).")
+            continue
+        rule = {"field": match.group(1)}
+        for key, raw in tokens:
+            value = raw
+            if key in ("min", "max", "min_length", "max_length"):
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    pass
+            rule[key] = value
+        rules.append(rule)
+    return rules, problems
+
+
+def format_rules(rules):
+    return "\n".join(rule["field"] + ": " + " ".join(f"{k}={v}" for k, v in rule.items() if k != "field")
+                     for rule in rules)
+
+
 def parse_settings(text):
     """``NAME = value`` per line; numbers and true/false are read as such, the rest as text."""
     values, problems = {}, []
@@ -172,6 +208,27 @@ class ProjectForm(forms.Form):
         help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ".",
     )
     workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
+    unique_key = forms.CharField(
+        label="Unique item key", required=False, max_length=400, widget=forms.TextInput(attrs={"placeholder": "upc"}),
+        help_text="Optional field name(s), comma-separated, that make an item unique within a run: a later item "
+        "with the same key replaces the earlier one (counted as replaced). Also how runs are compared.",
+    )
+    required_fields = forms.CharField(
+        label="Required fields", required=False, max_length=10_000, widget=_textarea(2, "title\nprice"),
+        help_text="One field name per line: an item without a value for it is invalid (kept, marked, counted).",
+    )
+    validation_rules = forms.CharField(
+        label="Field rules", required=False, max_length=20_000,
+        widget=_textarea(3, "price: type=number min=0 max=100000\nsku: pattern=^[0-9]{12}$ max_length=12"),
+        help_text="“field: key=value …” per line, values without spaces (write \\s in a pattern). Keys: type "
+        "(string, number, integer, boolean, list; a number may be text like “12.50”), pattern (RE2, found "
+        "anywhere), min_length, max_length, min, max.",
+    )
+    validation_schema = forms.CharField(
+        label="JSON Schema", required=False, max_length=40_000, widget=_textarea(4, '{"type": "object", "required": ["title"]}'),
+        help_text="Optional JSON Schema (2020-12) every item must match, checked with the jsonschema library. "
+        "Patterns run on RE2; only references inside the schema (#...) are allowed; at most 32 KiB.",
+    )
 
     BUILT_IN = ("", "Built-in: extract the fields above")
 
@@ -205,6 +262,11 @@ class ProjectForm(forms.Form):
             "spider": d["spider"],
             "settings": format_settings(d["settings"]),
             "workers": d["workers"],
+            "unique_key": ", ".join(d.get("unique_key") or []),
+            "required_fields": "\n".join((d.get("validation") or {}).get("required") or []),
+            "validation_rules": format_rules((d.get("validation") or {}).get("rules") or []),
+            "validation_schema": json.dumps(d["validation"]["schema"], indent=2)
+            if (d.get("validation") or {}).get("schema") else "",
         }
 
     def clean(self):
@@ -224,6 +286,15 @@ class ProjectForm(forms.Form):
             **{name: [n for n, _line in _numbered(data.get(name))]
                for name in ("start_urls", "allowed_domains", "follow_allow", "follow_deny")},
         }
+        rules, rule_problems = parse_rules(data.get("validation_rules"))
+        for problem in rule_problems:
+            self.add_error("validation_rules", problem)
+        schema = None
+        if (data.get("validation_schema") or "").strip():
+            try:
+                schema = json.loads(data["validation_schema"])
+            except ValueError as exc:
+                self.add_error("validation_schema", f"Not valid JSON: {exc}.")
         raw = {
             "name": data.get("name", ""),
             "start_urls": _lines(data.get("start_urls")),
@@ -235,6 +306,8 @@ class ProjectForm(forms.Form):
             "spider": data.get("spider", ""),
             "settings": settings,
             "workers": data["workers"] if data.get("workers") is not None else 1,
+            "validation": {"required": _lines(data.get("required_fields")), "rules": rules, "schema": schema},
+            "unique_key": [part.strip() for part in (data.get("unique_key") or "").split(",") if part.strip()],
         }
         marked = set(self.errors)
         try:

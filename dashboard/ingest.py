@@ -3,8 +3,14 @@
 Items carry a stable key (request fingerprint + index), so an entry read twice (a conductor died
 between the insert and the ack) is stored once. The conductor calls :func:`drain` every tick; a
 crawl that ends or is cancelled is drained to the last item with :func:`drain_all`.
+
+On the way in, each item is checked against the crawl's ``validation`` (invalid items are stored
+with their errors) and, when the definition has a ``unique_key``, a later item with the same key
+replaces the earlier one (a unique constraint holds it across batches). The live counters
+``invalid`` and ``replaced`` are kept in the crawl's stats hash.
 """
 
+import hashlib
 import json
 
 from django.conf import settings
@@ -14,9 +20,14 @@ from redis.exceptions import ResponseError
 
 from crawler import keys
 from crawler import state as crawl_state
+from crawler import validation
 from dashboard.models import Item
 
 CONSUMER = "conductor"
+# Fields of the crawl's stats hash kept by the ingest (the crawler writes the others).
+INVALID = "invalid"
+REPLACED = "replaced"
+_checks = {}  # crawl code -> (ItemValidator, unique key fields): definitions are frozen at launch
 
 
 def drain(redis, crawl, batch=None):
@@ -45,11 +56,14 @@ def _drain(redis, crawl, batch):
     for item, message in _rows(crawl, messages, timezone.now()):
         rows.append(item)
         stored.append(message)
-    Item.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+    with transaction.atomic():
+        inserts, counts = upsert(crawl, rows)
+        Item.objects.bulk_create(inserts, ignore_conflicts=True, batch_size=500)
     ids = [message_id for message_id, _fields in messages]
     pipe = redis.pipeline(transaction=False)
     pipe.xack(stream, keys.ITEMS_GROUP, *ids)
     pipe.xdel(stream, *ids)
+    _count(pipe, crawl.code, counts)
     pipe.execute()
     return len(messages), stored
 
@@ -78,7 +92,7 @@ def drain_many(redis, crawls, batch=None, recover=None):
         reads.append(count)
     replies = pipe.execute(raise_on_error=False)
     now = timezone.now()
-    rows, acks = [], {}
+    rows, acks = {}, {}
     start = 0
     for crawl, count in zip(crawls, reads):
         messages = []
@@ -96,21 +110,77 @@ def drain_many(redis, crawls, batch=None, recover=None):
             continue
         acks[crawl.code] = [message_id for message_id, _fields in messages]
         for item, stored in _rows(crawl, messages, now):
-            rows.append(item)
+            rows.setdefault(crawl.code, (crawl, []))[1].append(item)
             found[crawl.code].append(stored)
+    counts, inserts = {}, []
     if rows:
         with transaction.atomic():
-            Item.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+            for code, (crawl, items) in rows.items():
+                new, counts[code] = upsert(crawl, items)
+                inserts.extend(new)
+            Item.objects.bulk_create(inserts, ignore_conflicts=True, batch_size=500)
     if acks:
         pipe = redis.pipeline(transaction=False)
         for code, ids in acks.items():
             pipe.xack(keys.items(code), keys.ITEMS_GROUP, *ids)
             pipe.xdel(keys.items(code), *ids)
+            _count(pipe, code, counts.get(code))
         pipe.execute()
     return found
 
 
+def checks(crawl):
+    """The crawl's item validator and unique key fields, built once per crawl."""
+    found = _checks.get(crawl.code)
+    if found is None:
+        if len(_checks) > 1000:
+            _checks.clear()
+        definition = crawl.definition or {}
+        found = _checks[crawl.code] = (validation.ItemValidator(definition.get("validation")),
+                                       list(definition.get("unique_key") or []))
+    return found
+
+
+def upsert(crawl, rows):
+    """With a unique key, a later item replaces the stored one with the same key (updated here).
+    Returns the rows left to insert (idempotently, by the caller: one insert for every crawl of
+    a tick) and ``(invalid, replaced)`` for the live counters."""
+    keyed = [row for row in rows if row.unique_key]
+    plain = [row for row in rows if not row.unique_key]
+    replaced = 0
+    if keyed:
+        latest = {}
+        for row in keyed:  # within the batch, the later item wins
+            earlier = latest.get(row.unique_key)
+            if earlier is not None and earlier.key != row.key:
+                replaced += 1
+            latest[row.unique_key] = row
+        stored = {u: (pk, key) for u, pk, key in Item.objects.filter(crawl=crawl, unique_key__in=list(latest))
+                  .values_list("unique_key", "pk", "key")}
+        updates = []
+        for unique, row in latest.items():
+            if unique not in stored:
+                plain.append(row)
+            elif stored[unique][1] != row.key:  # not the same entry read twice
+                row.pk = stored[unique][0]
+                updates.append(row)
+        if updates:
+            Item.objects.bulk_update(updates, ["key", "url", "data", "worker", "created_at", "invalid", "errors"],
+                                     batch_size=500)
+            replaced += len(updates)
+    return plain, (sum(1 for row in rows if row.invalid), replaced)
+
+
+def _count(pipe, code, counts):
+    invalid, replaced = counts or (0, 0)
+    if invalid:
+        pipe.hincrby(keys.stats(code), INVALID, invalid)
+    if replaced:
+        pipe.hincrby(keys.stats(code), REPLACED, replaced)
+
+
 def _rows(crawl, messages, now):
+    validator, key_fields = checks(crawl)
     for message_id, fields in messages:
         if not fields:
             continue  # deleted entry
@@ -118,9 +188,19 @@ def _rows(crawl, messages, now):
             data = without_lone_surrogates(json.loads(fields.get("data", "{}")))
         except ValueError:
             data = {"_raw": fields.get("data", "")}
-        item = Item(crawl=crawl, key=fields.get("key", message_id)[:100], url=fields.get("url", ""),
-                    data=data, worker=fields.get("worker", "")[:64], created_at=now)
-        yield item, {"id": message_id, "key": item.key, "url": item.url, "worker": item.worker, "data": data}
+        url = fields.get("url", "")
+        errors = validator.errors(data) if validator.active else []
+        unique = validation.unique_key(data, key_fields)
+        item = Item(crawl=crawl, key=fields.get("key", message_id)[:100], url=url, data=data,
+                    worker=fields.get("worker", "")[:64], created_at=now, invalid=bool(errors), errors=errors,
+                    unique_key=unique, ident=unique or url_ident(url))
+        yield item, {"id": message_id, "key": item.key, "url": item.url, "worker": item.worker, "data": data,
+                     "errors": errors}
+
+
+def url_ident(url):
+    """An item's identity across runs when its project has no unique key: its URL."""
+    return hashlib.sha256(url.encode("utf-8", "replace")).hexdigest()
 
 
 def drain_all(redis, crawl):

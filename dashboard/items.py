@@ -48,6 +48,7 @@ class Row:
     url: str
     url_is_link: bool
     cells: list[Cell]
+    errors: list[str] = field(default_factory=list)  # why the item failed validation
 
 
 @dataclass
@@ -72,24 +73,27 @@ def search_needle(q: str) -> str:
     return json.dumps(q, ensure_ascii=connection.vendor != "postgresql")[1:-1]
 
 
-def _filtered(crawl: Crawl, q: str):
+def _filtered(crawl: Crawl, q: str, invalid: bool = False):
     rows = Item.objects.filter(crawl=crawl)
+    if invalid:
+        rows = rows.filter(invalid=True)
     if q:
         rows = rows.annotate(data_text=Cast("data", TextField())).filter(data_text__icontains=search_needle(q))
     return rows
 
 
 def page(crawl: Crawl, *, after: int | None = None, before: int | None = None, q: str = "",
-         per_page: int = PER_PAGE, searched: int = 0) -> Page:
+         per_page: int = PER_PAGE, searched: int = 0, invalid: bool = False) -> Page:
     """One page of items: first page, the page after id ``after`` or the page before ``before``.
 
     With a query ``q`` the page is a bounded search forward from ``after`` (see the module's
     docstring); ``searched`` is the number of items earlier requests of this search examined.
+    ``invalid`` shows only the items that failed validation.
     """
     q = q[:MAX_QUERY]
     if q:
-        return search(crawl, q, after=after, per_page=per_page, searched=searched)
-    rows = _filtered(crawl, q).only("id", "url", "data")
+        return search(crawl, q, after=after, per_page=per_page, searched=searched, invalid=invalid)
+    rows = _filtered(crawl, q, invalid).only("id", "url", "data", "errors")
     if before is not None:
         found = list(rows.filter(id__lt=before).order_by("-id")[: per_page + 1])
         items = list(reversed(found[:per_page]))
@@ -114,7 +118,7 @@ def page(crawl: Crawl, *, after: int | None = None, before: int | None = None, q
 
 
 def search(crawl: Crawl, q: str, *, after: int | None = None, per_page: int = PER_PAGE, searched: int = 0,
-           window: int | None = None) -> Page:
+           window: int | None = None, invalid: bool = False) -> Page:
     """Matches of ``q`` among at most ``window`` items after ``after`` (ITEM_SEARCH_ROWS)."""
     window = window or settings.ITEM_SEARCH_ROWS
     ids = Item.objects.filter(crawl=crawl)
@@ -126,8 +130,8 @@ def search(crawl: Crawl, q: str, *, after: int | None = None, per_page: int = PE
     window_ids = window_ids[:window]
     found: list[Item] = []
     if window_ids:
-        matches = _filtered(crawl, q).filter(id__gte=window_ids[0], id__lte=window_ids[-1])
-        found = list(matches.only("id", "url", "data").order_by("id")[: per_page + 1])
+        matches = _filtered(crawl, q, invalid).filter(id__gte=window_ids[0], id__lte=window_ids[-1])
+        found = list(matches.only("id", "url", "data", "errors").order_by("id")[: per_page + 1])
     items = found[:per_page]
     if len(found) > per_page:  # the page is full before the window's end: go on after its last row
         cursor, examined, done = items[-1].id, bisect_right(window_ids, items[-1].id), False
@@ -177,7 +181,8 @@ def is_web_url(url: str) -> bool:
 def _row(item: Item, cols: list[str]) -> Row:
     data = item.data if isinstance(item.data, dict) else {"value": item.data}
     url = item.url or display_text(data.get("url"))
-    return Row(id=item.id, key=item.key, url=url, url_is_link=is_web_url(url), cells=[_cell(data.get(c)) for c in cols])
+    return Row(id=item.id, key=item.key, url=url, url_is_link=is_web_url(url), cells=[_cell(data.get(c)) for c in cols],
+               errors=[str(e) for e in (item.errors or [])][:20])
 
 
 def item_count(crawl: Crawl) -> int | None:

@@ -21,6 +21,7 @@ import time
 from collections import deque
 
 from channels.layers import get_channel_layer
+from redis.exceptions import RedisError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
@@ -29,7 +30,7 @@ from django.urls import reverse
 from crawler import keys, state
 from crawler.counters import COUNTERS, DONE_STATES, SERIES, no_rates
 from dashboard import jobs
-from dashboard.models import Crawl, Project, transient_bound
+from dashboard.models import Crawl, CrawlHistory, Project, transient_bound
 from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -450,6 +451,9 @@ def crawl_view(crawl, reading, now=None):
     if not crawl.is_active:
         current_rates = no_rates()
     rows = with_waiting_workers(counters.get("workers", {}), counters.get("jobs", {}))
+    quality = counters.get("stats") or {}
+    if not crawl.is_active and "invalid" in (crawl.stats or {}):
+        quality = crawl.stats  # recorded when the run ended (exact)
     return {
         "code": crawl.code,
         "project": crawl.project.code,
@@ -465,6 +469,8 @@ def crawl_view(crawl, reading, now=None):
         "rates": current_rates,
         "progress": progress(counters),
         "status_codes": counters.get("status", {}),
+        "invalid": _int(quality.get("invalid")),  # items that failed validation (dashboard/ingest.py)
+        "replaced": _int(quality.get("replaced")),  # items replaced by a later one with the same unique key
         "workers": workers_message(rows),
         "stalled": {"since": crawl.stalled_since, "reason": crawl.stalled_reason} if crawl.stalled_since else None,
         "overdue": overdue(crawl, counters, now),
@@ -568,30 +574,47 @@ def crawl_snapshot(crawl, items, redis=None):
     """The full picture of one crawl for a page that just connected.
 
     ``items`` are the newest stored items (newest first) as dicts ``{id, key, url, worker, data}``.
+    An ended crawl's page works without Redis too: its history is in the database.
     """
-    redis = redis or get_redis()
-    reading = read(redis, [crawl])[crawl.code]
-    pipe = redis.pipeline(transaction=False)
-    pipe.hget(keys.live(crawl.code), "seq")
-    pipe.lrange(keys.series(crawl.code), 0, -1)
-    pipe.xrevrange(keys.log(crawl.code), count=SNAPSHOT_LOG)
-    seq, raw_series, log_entries = pipe.execute()
+    try:
+        redis = redis or get_redis()
+        reading = read(redis, [crawl])[crawl.code]
+        pipe = redis.pipeline(transaction=False)
+        pipe.hget(keys.live(crawl.code), "seq")
+        pipe.lrange(keys.series(crawl.code), 0, -1)
+        pipe.xrevrange(keys.log(crawl.code), count=SNAPSHOT_LOG)
+        seq, raw_series, log_entries = pipe.execute()
+        if not crawl.is_active and not reading:
+            # An ended crawl: what is left in Redis (workers, status codes) until it is cleaned up.
+            reading = state.read_counters(redis, crawl.code)
+    except RedisError:
+        if crawl.is_active:
+            raise
+        return _snapshot(crawl, {}, 0, items, [], [])
     series = []
     for raw in raw_series:
         try:
             series.append(json.loads(raw))
         except ValueError:
             continue
-    if not crawl.is_active and not reading:
-        # An ended crawl: what is left in Redis (workers, status codes) until it is cleaned up.
-        reading = state.read_counters(redis, crawl.code)
+    return _snapshot(crawl, reading, seq, items, [log_message(i, f) for i, f in reversed(log_entries)], series)
+
+
+def _snapshot(crawl, reading, seq, items, log_lines, series):
+    kept = CrawlHistory.objects.filter(crawl=crawl).first() if not crawl.is_active or not series else None
+    if kept is not None:
+        # Redis lost it (cancelled, restarted, unreachable) or the run is over: what the database kept.
+        if len(kept.series) > len(series):
+            series = kept.series
+        if not log_lines:
+            log_lines = [log_message(line.get("id", ""), line) for line in kept.log[-SNAPSHOT_LOG:]]
     return {
         "type": "crawl.snapshot",
         "seq": int(seq or 0),
         "time": time.time(),
         **crawl_view(crawl, reading),
         "items": [item_message(i) for i in items],
-        "log": [log_message(i, f) for i, f in reversed(log_entries)],
+        "log": log_lines,
         "series_fields": SERIES_FIELDS,
         "series": series,
     }

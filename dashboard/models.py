@@ -455,15 +455,45 @@ class Item(models.Model):
     data = models.JSONField()
     worker = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    ident = models.CharField(max_length=64, blank=True, default="",
+                             help_text="What identifies the item across runs: its unique key when the project "
+                                       "has one, else a hash of its URL (run comparisons, 'new since' exports).")
+    unique_key = models.CharField(max_length=64, null=True, blank=True,
+                                  help_text="Hash of the item's unique key fields; unique within a crawl.")
+    invalid = models.BooleanField(default=False, help_text="The item failed the project's validation.")
+    errors = models.JSONField(default=list, blank=True, help_text="Why the item is invalid.")
 
     class Meta:
         ordering = ["id"]
-        constraints = [models.UniqueConstraint(fields=["crawl", "key"], name="unique_item_key_per_crawl")]
+        constraints = [
+            models.UniqueConstraint(fields=["crawl", "key"], name="unique_item_key_per_crawl"),
+            # NULL (no unique key) never conflicts: only keyed items are unique within a run.
+            models.UniqueConstraint(fields=["crawl", "unique_key"], name="unique_item_unique_key_per_crawl"),
+        ]
         # Keyset pages, exports and the export snapshot's MAX(id) are range scans on this.
-        indexes = [models.Index(fields=["crawl", "id"], name="item_crawl_id_idx")]
+        indexes = [models.Index(fields=["crawl", "id"], name="item_crawl_id_idx"),
+                   models.Index(fields=["crawl", "ident"], name="item_crawl_ident_idx")]
 
     def __str__(self):
         return self.key
+
+
+class CrawlHistory(models.Model):
+    """What a run leaves behind once Redis forgets it (dashboard/history.py keeps it up to date):
+    the live chart's time series, the status code histogram, error counts by type, the final
+    counters and the last warning and error log lines."""
+
+    crawl = models.OneToOneField(Crawl, on_delete=models.CASCADE, related_name="history")
+    series_fields = models.JSONField(default=list, help_text="Column names of one series point.")
+    series = models.JSONField(default=list, help_text="The time series, as the crawl page charts it.")
+    counters = models.JSONField(default=dict)
+    status_codes = models.JSONField(default=dict)
+    errors = models.JSONField(default=dict, help_text="Error counts by type.")
+    log = models.JSONField(default=list, help_text="The last warning and error log lines, oldest first.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"history of {self.crawl.code}"
 
 
 class TokenError(ValueError):

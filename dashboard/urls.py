@@ -27,6 +27,7 @@ urlpatterns = [
     re_path(r"^crawls/(?P<code>[a-z0-9]+)/(?P<action>pause|resume|stop|force-stop|cancel|scale)$", views.crawl_control,
             name="crawl-control"),
     path("crawls/<str:code>/items/", views.crawl_items, name="crawl-items"),
+    path("crawls/<str:code>/compare/", views.crawl_compare, name="crawl-compare"),
     path("crawls/<str:code>/items/<str:key>.json", views.item_json, name="item-json"),
     path("crawls/<str:code>/export", views.crawl_export, name="crawl-export"),
     path("crawls/<str:code>/xlsx", views.crawl_xlsx_request, name="crawl-xlsx-request"),

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from crawler.definition import MAX_WORKERS
 from crawler.definition import DefinitionError
-from dashboard import engine, exports, live, quotas, schedules, xlsx_builds
+from dashboard import engine, exports, history, live, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard import items as item_queries
 from dashboard.forms import (ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, ScheduleForm, TokenForm,
@@ -158,10 +158,15 @@ def project_edit(request, code):
 @require_GET
 def project_detail(request, code):
     project = _get_project_for_user(request, code)
-    crawls = project.crawls.select_related("schedule")[:50]
+    runs = history.project_runs(project, limit=50)
+    for newer, older in zip(runs, runs[1:] + [None]):
+        newer["previous"] = older["code"] if older else None
+    chart = [{k: r[k] for k in ("code", "duration_s", "pages", "items", "errors", "invalid")}
+             | {"t": r["created_at"].timestamp()} for r in reversed(runs)]
     rows = [(schedule, schedules.next_runs(schedule, count=1)) for schedule in project.schedules.all()]
     return render(request, "dashboard/project_detail.html",
-                  {"project": project, "crawls": crawls, "usage": quotas.summary(request.user), "schedules": rows})
+                  {"project": project, "runs": runs, "runs_chart": chart, "usage": quotas.summary(request.user),
+                   "schedules": rows})
 
 
 @require_http_methods(["GET", "POST"])
@@ -373,15 +378,40 @@ def crawl_items(request, code):
     crawl = _get_crawl_for_user(request, code)
     q = request.GET.get("q", "").strip()
     before = _cursor(request, "before")
+    invalid = request.GET.get("invalid") == "1"
     page = item_queries.page(crawl, after=None if before is not None and not q else _cursor(request, "after"),
-                             before=before, q=q, searched=_cursor(request, "searched") or 0)
+                             before=before, q=q, searched=_cursor(request, "searched") or 0, invalid=invalid)
     return render(request, "dashboard/items.html", {
         "crawl": crawl,
         "page": page,
         "q": q,
+        "invalid": invalid,
+        "invalid_count": (crawl.stats or {}).get("invalid"),
         "item_count": item_queries.item_count(crawl),
         "formats": list(exports.FORMATS),
     })
+
+
+@require_GET
+def crawl_compare(request, code):
+    """Two runs of one project side by side (``?with=CODE``; default: the previous finished run)."""
+    crawl = _get_crawl_for_user(request, code)
+    runs = list(crawl.project.crawls.exclude(pk=crawl.pk).order_by("-created_at", "-id")
+                .values_list("code", "status", "created_at")[:100])
+    other_code = request.GET.get("with", "").strip()[:32]
+    error = ""
+    if other_code:
+        other = _get_crawl_for_user(request, other_code)
+        if other.project_id != crawl.project_id:
+            error = f"Crawl {other.code} is a run of another project; pick a run of this project."
+            other = None
+    else:
+        other = history.previous_finished(crawl)
+    result = history.compare(crawl, other) if other is not None else None
+    return render(request, "dashboard/compare.html", {
+        "crawl": crawl, "other": other, "runs": runs, "result": result, "error": error,
+        "rows": history.compare_rows(result) if result else [],
+    }, status=422 if error else 200)
 
 
 @require_GET
@@ -392,16 +422,19 @@ def item_json(request, code, key):
     return JsonResponse(item.data, safe=False, json_dumps_params={"ensure_ascii": False, "indent": 2})
 
 
-def _export(crawl, fmt):
+def _export(crawl, fmt, only=None):
+    refused = exports.unknown_filter_response(only, fmt)
+    if refused is not None:
+        return refused
     if fmt == "xlsx":  # built by a job: its page offers the file when it is ready
         return redirect("dashboard:crawl-xlsx", crawl.code, exports.snapshot_max_id(crawl))
-    return exports.export_response(crawl, fmt)
+    return exports.export_response(crawl, fmt, only or None)
 
 
 @require_GET
 def crawl_export(request, code):
     crawl = _get_crawl_for_user(request, code)
-    return _export(crawl, request.GET.get("format", "jsonl"))
+    return _export(crawl, request.GET.get("format", "jsonl"), request.GET.get("only"))
 
 
 @require_POST
@@ -445,7 +478,7 @@ def project_export(request, code):
     crawl = project.crawls.filter(status=Crawl.FINISHED).order_by("-finished_at", "-id").first()
     if crawl is None:
         return JsonResponse({"detail": f"Project {project.name!r} has no finished crawl yet."}, status=404)
-    return _export(crawl, request.GET.get("format", "jsonl"))
+    return _export(crawl, request.GET.get("format", "jsonl"), request.GET.get("only"))
 
 
 # --- Account: API tokens (issue 11) -------------------------------------------------------------

@@ -55,6 +55,10 @@
       var el = $('[data-counter="' + name + '"]');
       if (el) el.textContent = L.formatNumber(msg.counters[name]);
     });
+    ["invalid", "replaced"].forEach(function (name) {  // item validation and unique key
+      var el = $('[data-quality="' + name + '"]');
+      if (el && msg[name] != null) el.textContent = L.formatNumber(msg[name]);
+    });
     Object.keys(msg.rates || {}).forEach(function (name) {
       var el = $('[data-rate="' + name + '"]');
       if (el) el.textContent = L.formatRate(msg.rates[name]);
@@ -223,6 +227,7 @@
     }
     if (charts.rates) charts.rates.setData(columns(["t", "pages_per_s", "items_per_s"]));
     if (charts.queue) charts.queue.setData(columns(["t", "queued", "in_flight"]));
+    $('[data-chart="rates"]').setAttribute("data-points", String(series.length));  // points drawn
   }
 
   function snapshot(msg) {

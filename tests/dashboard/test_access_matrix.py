@@ -56,6 +56,7 @@ HTTP_TABLE = [
     ("POST", "/crawls/{running}/scale", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/crawls/{stopping}/force-stop", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/compare/?with={finished}", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/items/{item}.json", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/export?format=jsonl", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/crawls/{crawl}/xlsx", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
@@ -94,6 +95,7 @@ HTTP_TABLE = [
     ("POST", "/api/crawls/{running}/scale", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/api/crawls/{stopping}/force-stop", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/items", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/compare?with={finished}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=json", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/export?format=xlsx", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
@@ -126,7 +128,7 @@ def world(db, owner, outsider, staff):
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
         "ids": {"project": project.code, "spare": spare.code, "crawl": crawl.code, "running": running.code, "item": item.key,
                 "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code,
-                "schedule": schedule.code, "spare_schedule": spare_schedule.code},
+                "schedule": schedule.code, "spare_schedule": spare_schedule.code, "finished": finished.code},
     }
 
 
@@ -219,7 +221,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|stopping|item|snapshot|token|schedule|spare_schedule)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|stopping|finished|item|snapshot|token|schedule|spare_schedule)\}", "{}", path)
     for action in ("pause", "resume", "stop", "force-stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path

@@ -49,6 +49,16 @@ def conduct_until_done(crawls, timeout=120):
     raise AssertionError(f"crawls did not end: {[(c.code, c.status) for c in crawls]}")
 
 
+def run_with_workers(crawls, workers=1):
+    """Start ``workers`` burst RQ workers and conduct ``crawls`` until they end."""
+    procs = start_rq_workers(workers)
+    try:
+        conduct_until_done(crawls)
+    finally:
+        for proc in procs:
+            proc.wait(90)
+
+
 def stored(crawl):
     return {item.data["url"]: item.data for item in crawl.items.all()}
 
@@ -80,12 +90,7 @@ def test_crawl_stores_every_expected_item_exactly_once(owner, site, workers):
     crawl = engine.launch(project, workers=workers)
     crawl.refresh_from_db()
     assert crawl.status == Crawl.RUNNING
-    procs = start_rq_workers(workers)
-    try:
-        conduct_until_done([crawl])
-    finally:
-        for proc in procs:
-            proc.wait(90)
+    run_with_workers([crawl], workers)
     assert crawl.status == Crawl.FINISHED, crawl.reason
     check_items_exactly_once(crawl, site)
     check_rules_respected(site)
