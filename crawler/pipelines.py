@@ -46,6 +46,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# Field coverage: fields of one item taken into account, and the longest field name counted.
+FIELDS_PER_ITEM = 100
+FIELD_NAME_MAX = 100
+
+
+def is_filled(value: Any) -> bool:
+    """Whether a field's value counts as present: not None, not blank text, not an empty list or
+    mapping (a list counts when any of its values does)."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, dict):
+        return bool(value)
+    if isinstance(value, (list, tuple)):
+        return any(is_filled(v) for v in value)
+    return True
+
+
+def filled_fields(data: dict) -> str:
+    """``{field: 1 | 0}`` as JSON, for the coverage count of the item script (scripts.ADD_ITEMS)."""
+    flags = {str(name)[:FIELD_NAME_MAX]: int(is_filled(value))
+             for name, value in list(data.items())[:FIELDS_PER_ITEM]}
+    return json.dumps(flags, ensure_ascii=False, separators=(",", ":"))
+
+
 class RedisItemPipeline:
     TOO_LARGE_STAT = f"crawlsite/{ITEMS_TOO_LARGE}"
 
@@ -60,8 +86,8 @@ class RedisItemPipeline:
         self.tracker = tracker
         self.stats = stats
         self.crawler = crawler
-        self.keys = [keys.stats(code), keys.items(code)]
-        self._pending: list[tuple[list[str], Deferred | None]] = []  # ([key, url, data], fired when written)
+        self.keys = [keys.stats(code), keys.items(code), keys.fields(code)]
+        self._pending: list[tuple[list[str], Deferred | None]] = []  # ([key, url, data, fields], fired when written)
         self._writer: Any = None  # the RedisScheduler, which writes our batch in its round trip
         self._flush_call = None
 
@@ -95,7 +121,7 @@ class RedisItemPipeline:
         if key is None:  # not from a tracked response (e.g. yielded by start()): key by content
             key = "item:" + hashlib.sha1(payload.encode("utf-8")).hexdigest()
         written: Deferred | None = Deferred() if self.max_items > 0 else None  # only a limit needs the verdict
-        self._pending.append(([key, str(data.get("url", "")), payload], written))
+        self._pending.append(([key, str(data.get("url", "")), payload, filled_fields(data)], written))
         if self.tracker is not None:
             self.tracker.item_stored(item)  # may release its lease: in the same round trip, after it
         if self._writer is not None:

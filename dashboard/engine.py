@@ -103,6 +103,7 @@ def final_stats(crawl, counters):
     stats["status"] = counters["status"]
     stats["items_stored"] = crawl.items.count()
     stats["workers"] = len(counters["workers"])
+    stats["coverage"] = counters.get("coverage") or {}  # field -> percent of items (dashboard/live.py)
     for name in ("blocked_address", "blocked_scheme"):  # refused by the network policy (crawler.netguard)
         stats[name] = int(counters["stats"].get(name, 0))
     return stats

@@ -13,11 +13,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from crawler.definition import MAX_WORKERS
-from dashboard import engine, exports, live, quotas, xlsx_builds
+from dashboard import engine, exports, live, monitors, notify, quotas, xlsx_builds
 from dashboard import items as item_queries
 from dashboard.forms import ASCII_WHOLE_NUMBER, ProjectForm, TokenForm, parse_whole_number
 from dashboard.health import health
-from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, TokenError
+from dashboard.models import ApiToken, Channel, Crawl, Delivery, InvalidTransition, Monitor, Project, TokenError
 
 
 def _get_project_for_user(request, code):
@@ -77,10 +77,78 @@ def project_edit(request, code):
 
 @require_GET
 def project_detail(request, code):
-    project = _get_project_for_user(request, code)
+    return _project_page(request, _get_project_for_user(request, code))
+
+
+def _project_page(request, project, status=200, **forms):
+    """The project page; ``forms`` carry a refused monitor or channel form (values and errors)."""
     crawls = project.crawls.all()[:50]
-    return render(request, "dashboard/project_detail.html",
-                  {"project": project, "crawls": crawls, "usage": quotas.summary(request.user)})
+    context = {"project": project, "crawls": crawls, "usage": quotas.summary(request.user),
+               "monitors": project.monitors.all(), "channels": project.channels.all(),
+               "deliveries": Delivery.objects.filter(project=project).select_related("alert__crawl")[:20],
+               "monitor_kinds": Monitor.KIND_CHOICES, "channel_kinds": Channel.KIND_CHOICES,
+               "fields": live.crawl_fields(project.definition), **forms}
+    return render(request, "dashboard/project_detail.html", context, status=status)
+
+
+# --- Monitors and notification channels (docs/alerts.md) ----------------------------------------
+
+
+@require_POST
+def project_monitor_create(request, code):
+    project = _get_project_for_user(request, code)
+    data = {k: v.strip() for k, v in request.POST.items() if k in ("kind", "field", "threshold")}
+    try:
+        clean = monitors.clean_monitor(project, data)
+    except ValidationError as exc:
+        errors = {("threshold" if k in {t[0] for t in monitors.THRESHOLDS.values()} else k): v
+                  for k, v in exc.message_dict.items()}
+        return _project_page(request, project, 422, monitor_form=data, monitor_errors=errors)
+    Monitor.objects.create(project=project, **clean)
+    messages.success(request, "Monitor added.")
+    return redirect(project)
+
+
+@require_POST
+def project_monitor_delete(request, code, monitor_id):
+    project = _get_project_for_user(request, code)
+    get_object_or_404(project.monitors, public_id=monitor_id).delete()
+    messages.success(request, "Monitor removed.")
+    return redirect(project)
+
+
+@require_POST
+def project_channel_create(request, code):
+    project = _get_project_for_user(request, code)
+    data = {k: v.strip() for k, v in request.POST.items() if k in ("kind", "url", "secret", "emails")}
+    data["always"] = request.POST.get("always") == "on"
+    try:
+        clean = notify.clean_channel(project, data)
+    except ValidationError as exc:
+        data.pop("secret", None)  # never echoed back
+        return _project_page(request, project, 422, channel_form=data, channel_errors=exc.message_dict)
+    channel = Channel.objects.create(project=project, **clean)
+    if clean["kind"] == Channel.WEBHOOK and not data.get("secret"):
+        return _project_page(request, project, new_channel=channel, new_secret=clean["secret"])
+    messages.success(request, "Channel added.")
+    return redirect(project)
+
+
+@require_POST
+def project_channel_delete(request, code, channel_id):
+    project = _get_project_for_user(request, code)
+    get_object_or_404(project.channels, public_id=channel_id).delete()
+    messages.success(request, "Channel removed.")
+    return redirect(project)
+
+
+@require_POST
+def project_channel_test(request, code, channel_id):
+    project = _get_project_for_user(request, code)
+    channel = get_object_or_404(project.channels, public_id=channel_id)
+    notify.send_test(channel)
+    messages.success(request, "Test notification queued: the delivery log below shows how it went.")
+    return redirect(project)
 
 
 @require_http_methods(["GET", "POST"])
