@@ -94,6 +94,12 @@ def _project_page(request, project, status=200, **forms):
 # --- Monitors and notification channels (docs/alerts.md) ----------------------------------------
 
 
+def _form_errors(exc, renamed=None):
+    """A ValidationError's messages by form input (``form``: the form as a whole)."""
+    renamed = {"__all__": "form", **(renamed or {})}
+    return {renamed.get(k, k): v for k, v in exc.message_dict.items()}
+
+
 @require_POST
 def project_monitor_create(request, code):
     project = _get_project_for_user(request, code)
@@ -101,8 +107,8 @@ def project_monitor_create(request, code):
     try:
         clean = monitors.clean_monitor(project, data)
     except ValidationError as exc:
-        errors = {("threshold" if k in {t[0] for t in monitors.THRESHOLDS.values()} else k): v
-                  for k, v in exc.message_dict.items()}
+        names = {t[0] for t in monitors.THRESHOLDS.values()}
+        errors = _form_errors(exc, {name: "threshold" for name in names})
         return _project_page(request, project, 422, monitor_form=data, monitor_errors=errors)
     Monitor.objects.create(project=project, **clean)
     messages.success(request, "Monitor added.")
@@ -126,7 +132,7 @@ def project_channel_create(request, code):
         clean = notify.clean_channel(project, data)
     except ValidationError as exc:
         data.pop("secret", None)  # never echoed back
-        return _project_page(request, project, 422, channel_form=data, channel_errors=exc.message_dict)
+        return _project_page(request, project, 422, channel_form=data, channel_errors=_form_errors(exc))
     channel = Channel.objects.create(project=project, **clean)
     if clean["kind"] == Channel.WEBHOOK and not data.get("secret"):
         return _project_page(request, project, new_channel=channel, new_secret=clean["secret"])
