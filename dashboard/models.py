@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
+from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
 
@@ -28,6 +29,10 @@ from dashboard import jobs
 from dashboard.redis import get_redis
 
 CODE_ALPHABET = string.ascii_lowercase + string.digits
+
+# Sent once per end of a run (finished, failed, stopped, cancelled while paused), after commit,
+# with ``crawl`` and ``action`` (the lifecycle action that ended it). Monitors listen.
+run_ended = Signal()
 
 
 def new_code(length=10):
@@ -277,16 +282,9 @@ class Crawl(models.Model):
             target == self.CANCELLED and self.status != self.STOPPED)
 
     def run_ended(self, action):
-        """After the commit of a run's end: its monitors are checked and notifications queued
-        (dashboard/monitors.py). Never breaks the caller (the conductor, a request)."""
-        from dashboard import monitors
-
-        try:
-            monitors.on_run_end(self, action)
-        except Exception:
-            import logging
-
-            logging.getLogger(__name__).exception("monitors of crawl %s at its end", self.code)
+        """After the commit of a run's end: tell the ``run_ended`` receivers (the monitors,
+        dashboard/monitors.py). A receiver's error is logged and never breaks the caller."""
+        run_ended.send_robust(sender=Crawl, crawl=self, action=action)
 
     def _act(self, action, **kwargs):
         """A user's action: applied, or InvalidTransition with the reason it cannot apply now."""

@@ -1,7 +1,7 @@
 """Monitors: checks on a project's runs, and when they notify (docs/alerts.md).
 
-Final monitors are checked when a run ends (:func:`on_run_end`, called once per end by
-``Crawl._apply`` after commit); each run stores every result (``Crawl.checks``). The ``stalled``
+Final monitors are checked when a run ends (:func:`on_run_end`, called once per end through the
+``run_ended`` signal that ``Crawl._apply`` sends after commit); each run stores every result (``Crawl.checks``). The ``stalled``
 monitor is live: the conductor calls :func:`watch_stall` for each crawl it has flagged as stalled
 and :func:`on_recovered` when the flag clears. Each notification is claimed once by a unique key
 (``Alert.key``): one per run end, one per stall, one per recovery.
@@ -9,12 +9,13 @@ and :func:`on_recovered` when the flag clears. Each notification is claimed once
 
 import logging
 
-from django.db.models import Min
 from django.core.exceptions import ValidationError
+from django.db.models import Min
+from django.dispatch import receiver
 from django.utils import timezone
 
 from dashboard import live, notify
-from dashboard.models import Alert, Crawl, Monitor
+from dashboard.models import Alert, Crawl, Monitor, run_ended
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,11 @@ def check(crawl, action=None, monitors=None):
             stalls = Alert.objects.filter(crawl=crawl, event=Alert.RUN_STALLED).count()
             results.append(result(m, stalls == 0, stalls))
     return results
+
+
+@receiver(run_ended, dispatch_uid="crawlsite-monitors-on-run-end")
+def run_end_receiver(sender, crawl, action, **kwargs):
+    on_run_end(crawl, action)
 
 
 def on_run_end(crawl, action=None):
