@@ -12,6 +12,7 @@ import string
 from dataclasses import dataclass
 import unicodedata
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models, transaction
@@ -723,8 +724,6 @@ class Channel(models.Model):
         the recipients."""
         if self.kind == self.EMAIL:
             return ", ".join(self.emails)
-        from urllib.parse import urlsplit
-
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc}/…" if parts.path.strip("/") or parts.query else self.url
 

@@ -343,3 +343,59 @@ def test_stall_key_is_stable_per_stall():
     now = timezone.now()
     assert monitors.stall_key("abc", now) == monitors.stall_key("abc", now)
     assert monitors.stall_key("abc", now) != monitors.stall_key("abc", now + timezone.timedelta(seconds=1))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slack_and_email_channels_get_a_few_lines_for_people(owner, receiver, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    from django.core import mail
+
+    project = project_for(owner, "Lines")
+    slack = Channel.objects.create(project=project, kind=Channel.SLACK, url=receiver.url)
+    email = Channel.objects.create(project=project, kind=Channel.EMAIL, emails=["ops@example.com"])
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED,
+                                 stats={"items": 2, "pages": 2, "coverage": {"title": 50.0}})
+    checks = [{"kind": "field_coverage", "field": "title", "passed": False, "value": 50.0, "threshold": 90.0}]
+    notify.announce(project, Alert.RUN_ENDED, "lines", crawl=crawl, checks=checks, channels=[slack, email])
+    run_tasks()
+    [(headers, raw)] = receiver.posts
+    text = json.loads(raw)["text"]
+    assert "X-Crawlsite-Signature" not in headers and set(json.loads(raw)) == {"text"}
+    assert f"run {crawl.code} ended: finished" in text and "FAILED field_coverage title: value 50.0, threshold 90.0" in text
+    [sent] = mail.outbox
+    assert sent.to == ["ops@example.com"] and sent.body == text and crawl.code in sent.subject
+    assert sorted(Delivery.objects.values_list("channel_kind", "outcome")) == [("email", "delivered"),
+                                                                                ("slack", "delivered")]
+
+
+@pytest.mark.django_db
+def test_coverage_is_read_live_from_redis_with_the_definitions_unfilled_fields_at_zero(owner, redis_client):
+    from crawler import keys
+    from dashboard import live
+
+    project = project_for(owner, "Live", item={"url_pattern": "/product/", "fields": [
+        {"name": "title", "selector": "h1::text"}, {"name": "upc", "selector": ".upc::text"}]})
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING)
+    redis_client.hset(keys.stats(crawl.code), "items", 4)
+    redis_client.hset(keys.fields(crawl.code), mapping={"url": 4, "title": 3})
+    reading = live.read(redis_client, [crawl])[crawl.code]
+    assert live.crawl_view(crawl, reading)["coverage"] == {"title": 75.0, "upc": 0.0, "url": 100.0}
+
+
+def test_email_url_sets_djangos_mail_settings(monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from crawlsite.env import email_settings
+
+    monkeypatch.setenv("EMAIL_URL", "submission://bot%40example.com:p%40ss@mail.example.com?from=alerts@example.com")
+    got = email_settings("EMAIL_URL")
+    assert (got["EMAIL_HOST"], got["EMAIL_PORT"], got["EMAIL_HOST_USER"], got["EMAIL_HOST_PASSWORD"]) == (
+        "mail.example.com", 587, "bot@example.com", "p@ss")
+    assert got["EMAIL_USE_TLS"] and not got["EMAIL_USE_SSL"] and got["DEFAULT_FROM_EMAIL"] == "alerts@example.com"
+    monkeypatch.setenv("EMAIL_URL", "smtps://mail.example.com")
+    assert email_settings("EMAIL_URL")["EMAIL_PORT"] == 465 and email_settings("EMAIL_URL")["EMAIL_USE_SSL"]
+    monkeypatch.setenv("EMAIL_URL", "")
+    assert email_settings("EMAIL_URL")["EMAIL_BACKEND"].endswith("console.EmailBackend")
+    monkeypatch.setenv("EMAIL_URL", "pop3://mail.example.com")
+    with pytest.raises(ImproperlyConfigured, match="EMAIL_URL"):
+        email_settings("EMAIL_URL")
