@@ -399,3 +399,24 @@ def test_email_url_sets_djangos_mail_settings(monkeypatch):
     monkeypatch.setenv("EMAIL_URL", "pop3://mail.example.com")
     with pytest.raises(ImproperlyConfigured, match="EMAIL_URL"):
         email_settings("EMAIL_URL")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stall_notifies_once_it_has_lasted_the_monitors_minutes(owner):
+    project = project_for(owner, "Clock")
+    Monitor.objects.create(project=project, kind=Monitor.STALLED, threshold=10)
+    Monitor.objects.create(project=project, kind=Monitor.STALLED, threshold=5)  # the shortest one counts
+    since = timezone.now()
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.RUNNING,
+                                 stalled_since=since, stalled_reason="no page finished")
+    minutes = timezone.timedelta(minutes=1)
+    assert monitors.watch_stall(crawl, now=since + 4 * minutes) is None
+    alert = monitors.watch_stall(crawl, now=since + 6 * minutes)
+    assert alert.event == Alert.RUN_STALLED and alert.payload["monitors"][0]["threshold"] == 5
+    assert monitors.watch_stall(crawl, now=since + 20 * minutes) is None  # one per stall
+    assert monitors.on_recovered(crawl, since).event == Alert.RUN_RECOVERED
+    assert monitors.on_recovered(crawl, since) is None
+    other = since + 30 * minutes  # a second stall of the same run is a new notification
+    assert monitors.on_recovered(crawl, other) is None  # never notified: nothing to recover from
+    crawl.stalled_since = other
+    assert monitors.watch_stall(crawl, now=other + 5 * minutes).event == Alert.RUN_STALLED
