@@ -316,21 +316,27 @@ def post(url, raw, headers, timeout=None, max_bytes=None):
         response = pool.urlopen("POST", path, body=raw, redirect=False, retries=False, preload_content=False,
                                 headers={"Host": host_header, "Content-Type": "application/json",
                                          "User-Agent": "Crawlsite-Notifier/1", **headers})
-        read = 0
-        try:
-            while read <= max_bytes and time.monotonic() < deadline:
-                chunk = response.read(8192)
-                if not chunk:
-                    break
-                read += len(chunk)
-        finally:
-            response.release_conn()
-            response.close()
-        return response.status
     except urllib3.exceptions.HTTPError as exc:
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):  # (a subclass of the timeouts)
+            raise DeliveryError(f"cannot connect to {address} port {port} (connection refused or unreachable)") from None
+        if isinstance(exc, urllib3.exceptions.TimeoutError) or time.monotonic() >= deadline:
+            raise DeliveryError(f"no answer within {timeout:g} s") from None
         raise DeliveryError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
     finally:
         pool.close()
+    # The status is known: read (and drop) at most max_bytes of the body, within the time left.
+    try:
+        read = 0
+        while read <= max_bytes and time.monotonic() < deadline:
+            chunk = response.read(8192)
+            if not chunk:
+                break
+            read += len(chunk)
+    except urllib3.exceptions.HTTPError:
+        pass
+    finally:
+        response.close()
+    return response.status
 
 
 # -- send test -------------------------------------------------------------------------------------
