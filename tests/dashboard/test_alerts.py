@@ -448,3 +448,44 @@ def test_a_stall_notifies_once_it_has_lasted_the_monitors_minutes(owner):
     assert monitors.on_recovered(crawl, other) is None  # never notified: nothing to recover from
     crawl.stalled_since = other
     assert monitors.watch_stall(crawl, now=other + 5 * minutes).event == Alert.RUN_STALLED
+
+
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 that no CA signed, and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_an_https_webhook_checks_the_certificate(tmp_path):
+    import ssl
+
+    receiver = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*self_signed(tmp_path))
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    try:
+        url = receiver.url.replace("http://", "https://")
+        with pytest.raises(notify.DeliveryError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            notify.post(url, b"{}", {}, timeout=5)
+        assert receiver.posts == []  # nothing was sent to an endpoint that could not prove who it is
+    finally:
+        receiver.stop()
