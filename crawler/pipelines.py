@@ -65,11 +65,27 @@ def is_filled(value: Any) -> bool:
     return True
 
 
-def filled_fields(data: dict) -> str:
-    """``{field: 1 | 0}`` as JSON, for the coverage count of the item script (scripts.ADD_ITEMS)."""
-    flags = {str(name)[:FIELD_NAME_MAX]: int(is_filled(value))
-             for name, value in list(data.items())[:FIELDS_PER_ITEM]}
-    return json.dumps(flags, ensure_ascii=False, separators=(",", ":"))
+def filled_fields(data: dict) -> dict[str, bool]:
+    """``{field: non-empty?}`` of an item (its first FIELDS_PER_ITEM fields), for the coverage count."""
+    return {str(name)[:FIELD_NAME_MAX]: is_filled(value) for name, value in list(data.items())[:FIELDS_PER_ITEM]}
+
+
+def coverage_args(items: list[dict[str, bool]]) -> tuple[str, list[str]]:
+    """The batch's field names (JSON list) and, per item, its ``"1"``/``"0"`` string in that order:
+    the coverage arguments of the item script (scripts.ADD_ITEMS)."""
+    names: dict[str, int] = {}
+    for flags in items:
+        for name in flags:
+            if name not in names and len(names) < scripts.FIELDS_MAX:  # as many as a crawl counts
+                names[name] = len(names)
+    strings = []
+    for flags in items:
+        chars = ["0"] * len(names)
+        for name, filled in flags.items():
+            if filled and name in names:
+                chars[names[name]] = "1"
+        strings.append("".join(chars).rstrip("0"))
+    return json.dumps(list(names), ensure_ascii=False, separators=(",", ":")), strings
 
 
 class RedisItemPipeline:
@@ -87,7 +103,8 @@ class RedisItemPipeline:
         self.stats = stats
         self.crawler = crawler
         self.keys = [keys.stats(code), keys.items(code), keys.fields(code)]
-        self._pending: list[tuple[list[str], Deferred | None]] = []  # ([key, url, data, fields], fired when written)
+        # ([key, url, data], {field: filled?}, fired when written)
+        self._pending: list[tuple[list[str], dict[str, bool], Deferred | None]] = []
         self._writer: Any = None  # the RedisScheduler, which writes our batch in its round trip
         self._flush_call = None
 
@@ -121,7 +138,7 @@ class RedisItemPipeline:
         if key is None:  # not from a tracked response (e.g. yielded by start()): key by content
             key = "item:" + hashlib.sha1(payload.encode("utf-8")).hexdigest()
         written: Deferred | None = Deferred() if self.max_items > 0 else None  # only a limit needs the verdict
-        self._pending.append(([key, str(data.get("url", "")), payload, filled_fields(data)], written))
+        self._pending.append(([key, str(data.get("url", "")), payload], filled_fields(data), written))
         if self.tracker is not None:
             self.tracker.item_stored(item)  # may release its lease: in the same round trip, after it
         if self._writer is not None:
@@ -160,10 +177,11 @@ class RedisItemPipeline:
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
-        args: list = [self.max_items, self.worker]
-        for fields, _ in pending:
-            args += fields
-        return scripts.ADD_ITEMS.call(self.keys, args), [d for _, d in pending]
+        names, flags = coverage_args([filled for _, filled, _ in pending])
+        args: list = [self.max_items, self.worker, names]
+        for (fields, _, _), item_flags in zip(pending, flags):
+            args += [*fields, item_flags]
+        return scripts.ADD_ITEMS.call(self.keys, args), [d for _, _, d in pending]
 
     @staticmethod
     def batch_written(deferreds: list[Deferred | None], result: Any) -> None:
