@@ -489,3 +489,17 @@ def test_an_https_webhook_checks_the_certificate(tmp_path):
         assert receiver.posts == []  # nothing was sent to an endpoint that could not prove who it is
     finally:
         receiver.stop()
+
+
+@pytest.mark.django_db
+def test_the_admin_never_shows_a_channel_secret_and_keeps_the_delivery_log_read_only(client, owner, staff):
+    staff.is_superuser = True
+    staff.save()
+    channel = Channel.objects.create(project=project_for(owner), kind=Channel.WEBHOOK, secret=SECRET,
+                                     url="https://hooks.example.com/T000/B000/XXXX")
+    client.force_login(staff)
+    for url in ("/admin/dashboard/channel/", f"/admin/dashboard/channel/{channel.pk}/change/"):
+        page = client.get(url)
+        assert page.status_code == 200 and SECRET not in page.content.decode()
+    assert "XXXX" not in client.get("/admin/dashboard/channel/").content.decode()  # the URL's token neither
+    assert client.get("/admin/dashboard/delivery/add/").status_code == 403
