@@ -503,3 +503,18 @@ def test_the_admin_never_shows_a_channel_secret_and_keeps_the_delivery_log_read_
         assert page.status_code == 200 and SECRET not in page.content.decode()
     assert "XXXX" not in client.get("/admin/dashboard/channel/").content.decode()  # the URL's token neither
     assert client.get("/admin/dashboard/delivery/add/").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_end_notifies_channels_that_ask_always_and_each_end_once(owner, receiver, redis_client):
+    crawl = crawl_in(owner, Crawl.STOPPING, redis_client, name="Ends")
+    Monitor.objects.create(project=crawl.project, kind=Monitor.ITEMS_MIN, threshold=1)  # passes below
+    Channel.objects.create(project=crawl.project, kind=Channel.WEBHOOK, url=receiver.url, secret=SECRET, always=True)
+    quiet = Channel.objects.create(project=crawl.project, kind=Channel.WEBHOOK, url=receiver.url, secret=SECRET)
+    assert crawl.mark_stopped({"items": 5, "pages": 5})
+    crawl.refresh_from_db()
+    engine.control(crawl, "cancel")  # a stopped run ended already: cancelling it sends nothing more
+    run_tasks()
+    assert [m["event"] for m in receiver.messages()] == ["run.ended"]
+    assert receiver.messages()[0]["monitors"][0]["passed"] is True
+    assert not Delivery.objects.filter(channel=quiet).exists()  # every monitor passed: "always" only
