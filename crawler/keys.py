@@ -87,6 +87,11 @@ def stats(code: str) -> str:
     return _key(code, "stats")
 
 
+def fields(code: str) -> str:
+    """HASH ``field -> items with a non-empty value`` (field coverage), kept by the item script."""
+    return _key(code, "fields")
+
+
 def items(code: str) -> str:
     return _key(code, "items")
 

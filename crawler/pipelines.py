@@ -46,6 +46,63 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# Field coverage: fields of one item taken into account, and the longest field name counted.
+FIELDS_PER_ITEM = 100
+FIELD_NAME_MAX = 100
+
+
+def is_filled(value: Any) -> bool:
+    """Whether a field's value counts as present: not None, not blank text, not an empty list or
+    mapping (a list counts when any of its values does)."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, dict):
+        return bool(value)
+    if isinstance(value, (list, tuple)):
+        return any(is_filled(v) for v in value)
+    return True
+
+
+def filled_fields(data: dict) -> dict[str, bool]:
+    """``{field: non-empty?}`` of an item (its first FIELDS_PER_ITEM fields), for the coverage count."""
+    return {str(name)[:FIELD_NAME_MAX]: is_filled(value) for name, value in list(data.items())[:FIELDS_PER_ITEM]}
+
+
+def coverage_args(items: list[dict[str, bool]]) -> tuple[str, list[str]]:
+    """The batch's field names (JSON list) and, per item, its ``"1"``/``"0"`` string in that order:
+    the coverage arguments of the item script (scripts.ADD_ITEMS)."""
+    names: dict[str, int] = {}
+    for flags in items:
+        for name in flags:
+            if name not in names and len(names) < scripts.FIELDS_MAX:  # as many as a crawl counts
+                names[name] = len(names)
+    strings = []
+    for flags in items:
+        chars = ["0"] * len(names)
+        for name, filled in flags.items():
+            if filled and name in names:
+                chars[names[name]] = "1"
+        strings.append("".join(chars).rstrip("0"))
+    return json.dumps(list(names), ensure_ascii=False, separators=(",", ":")), strings
+
+
+def item_keys(code: str) -> list[str]:
+    """The keys the item script writes: the crawl's counters, its item stream, its field coverage."""
+    return [keys.stats(code), keys.items(code), keys.fields(code)]
+
+
+def items_call(code: str, worker: str, entries: list[tuple[list[str], dict[str, bool]]],
+               max_items: int = 0) -> scripts.Call:
+    """One item-script call writing ``entries``: ``([key, url, data JSON], {field: filled?})``."""
+    names, flags = coverage_args([filled for _, filled in entries])
+    args: list = [max_items, worker, names]
+    for (fields, _), item_flags in zip(entries, flags):
+        args += [*fields, item_flags]
+    return scripts.ADD_ITEMS.call(item_keys(code), args)
+
+
 class RedisItemPipeline:
     TOO_LARGE_STAT = f"crawlsite/{ITEMS_TOO_LARGE}"
 
@@ -60,8 +117,8 @@ class RedisItemPipeline:
         self.tracker = tracker
         self.stats = stats
         self.crawler = crawler
-        self.keys = [keys.stats(code), keys.items(code)]
-        self._pending: list[tuple[list[str], Deferred | None]] = []  # ([key, url, data], fired when written)
+        # ([key, url, data], {field: filled?}, fired when written)
+        self._pending: list[tuple[list[str], dict[str, bool], Deferred | None]] = []
         self._writer: Any = None  # the RedisScheduler, which writes our batch in its round trip
         self._flush_call = None
 
@@ -95,7 +152,7 @@ class RedisItemPipeline:
         if key is None:  # not from a tracked response (e.g. yielded by start()): key by content
             key = "item:" + hashlib.sha1(payload.encode("utf-8")).hexdigest()
         written: Deferred | None = Deferred() if self.max_items > 0 else None  # only a limit needs the verdict
-        self._pending.append(([key, str(data.get("url", "")), payload], written))
+        self._pending.append(([key, str(data.get("url", "")), payload], filled_fields(data), written))
         if self.tracker is not None:
             self.tracker.item_stored(item)  # may release its lease: in the same round trip, after it
         if self._writer is not None:
@@ -134,10 +191,8 @@ class RedisItemPipeline:
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
-        args: list = [self.max_items, self.worker]
-        for fields, _ in pending:
-            args += fields
-        return scripts.ADD_ITEMS.call(self.keys, args), [d for _, d in pending]
+        call = items_call(self.code, self.worker, [(fields, filled) for fields, filled, _ in pending], self.max_items)
+        return call, [d for _, _, d in pending]
 
     @staticmethod
     def batch_written(deferreds: list[Deferred | None], result: Any) -> None:

@@ -362,21 +362,37 @@ return n
 """)
 
 # -- items (crawler.pipelines) -----------------------------------------------------------------------
-# KEYS: stats, items   ARGV: max_items (0 = no limit), worker, then per item 3 values: key, url, data
-# -> one flag per item: 1 added to the stream, 0 dropped (over max_items)
+# KEYS: stats, items, fields   ARGV: max_items (0 = no limit), worker, the batch's field names (JSON
+# list), then per item 4 values: key, url, data, and a string of "1"/"0", one per field name in
+# order ("1": the item's value is non-empty; missing at the end: "0").
+# -> one flag per item: 1 added to the stream, 0 dropped (over max_items). The items added count
+# their non-empty fields in the ``fields`` hash (field coverage, read by the dashboard): one HINCRBY
+# per field per batch.
+# Field coverage: at most this many distinct fields are counted per crawl (a spider yielding
+# random keys cannot grow the hash without end).
+FIELDS_MAX = 200
+
 ADD_ITEMS = Script("""
 local max_items = tonumber(ARGV[1])
 local room = 0
 if max_items > 0 then
   room = max_items - tonumber(redis.call('HGET', KEYS[1], 'items') or '0')
 end
+local ok, names = pcall(cjson.decode, ARGV[3])
+if not ok or type(names) ~= 'table' then names = {} end
+local filled = {}
+for j = 1, #names do filled[j] = 0 end
 local out, added, dropped = {}, 0, 0
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 4 do
   if max_items > 0 and added >= room then
     dropped = dropped + 1
     out[#out + 1] = 0
   else
     redis.call('XADD', KEYS[2], '*', 'key', ARGV[i], 'url', ARGV[i + 1], 'worker', ARGV[2], 'data', ARGV[i + 2])
+    local flags = ARGV[i + 3]
+    for j = 1, math.min(#flags, #names) do
+      if string.byte(flags, j) == 49 then filled[j] = filled[j] + 1 end
+    end
     added = added + 1
     out[#out + 1] = 1
   end
@@ -386,5 +402,18 @@ if dropped > 0 then
   redis.call('HSET', KEYS[1], 'limit:max_items', '1')
   redis.call('HINCRBY', KEYS[1], 'items_dropped', dropped)
 end
+if added > 0 and #names > 0 then
+  local nfields = redis.call('HLEN', KEYS[3])
+  for j = 1, #names do
+    local name = names[j]
+    if type(name) == 'string' then
+      local known = redis.call('HEXISTS', KEYS[3], name) == 1
+      if known or nfields < {FIELDS_MAX} then
+        if not known then nfields = nfields + 1 end
+        redis.call('HINCRBY', KEYS[3], name, filled[j])
+      end
+    end
+  end
+end
 return out
-""")
+""".replace("{FIELDS_MAX}", str(FIELDS_MAX)))

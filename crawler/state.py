@@ -29,7 +29,7 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
     """Every counter the dashboard shows, in ONE pipelined round trip.
 
     Returns ``{queued, seen, pages, items, errors, items_too_large, in_flight, status: {"200": n, ...},
-    workers: {id: state dict}, stats: {raw stats hash}, control}``. ``in_flight`` is the number of
+    workers: {id: state dict}, stats: {raw stats hash}, control, coverage: {field: percent}}``. ``in_flight`` is the number of
     leased requests (``stats.leased``, kept by the pop, release and return scripts).
     """
     pipe = redis.pipeline(transaction=False)
@@ -38,7 +38,7 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
 
 
 # Commands :func:`queue_counter_reads` adds to a pipeline (to read many crawls in one round trip).
-COUNTER_READS = 4
+COUNTER_READS = 5
 
 
 def queue_counter_reads(pipe: Any, code: str) -> None:
@@ -47,10 +47,11 @@ def queue_counter_reads(pipe: Any, code: str) -> None:
     pipe.hgetall(keys.stats(code))
     pipe.hgetall(keys.workers(code))
     pipe.get(keys.control(code))
+    pipe.hgetall(keys.fields(code))
 
 
 def parse_counters(replies: list[Any]) -> dict[str, Any]:
-    queued, stats, states, control = replies[:COUNTER_READS]
+    queued, stats, states, control, fields = replies[:COUNTER_READS]
     stats = stats or {}
     parsed = {}
     for worker, raw in (states or {}).items():
@@ -82,8 +83,23 @@ def parse_counters(replies: list[Any]) -> dict[str, Any]:
         "workers": parsed,
         "stats": {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in stats.items()},
         "control": control or "",
+        "coverage": coverage(fields or {}, counters["items"]),
     })
     return counters
+
+
+def coverage(filled: dict[str, Any], items: int) -> dict[str, float]:
+    """``{field: percent of items with a non-empty value}`` (one decimal) from the ``fields``
+    hash the item script keeps; empty until an item is stored."""
+    if items <= 0:
+        return {}
+    out = {}
+    for name, count in filled.items():
+        try:
+            out[name] = round(min(100.0, 100.0 * int(count) / items), 1)
+        except (TypeError, ValueError):
+            continue
+    return dict(sorted(out.items()))
 
 
 def ensure_items_group(redis: redis.Redis, code: str) -> None:

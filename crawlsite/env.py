@@ -131,3 +131,52 @@ def env_allowed_networks():
     except PolicyError as exc:
         raise ImproperlyConfigured(str(exc)) from None
     return value
+
+
+EMAIL_SCHEMES = {
+    "smtp": (False, False),  # (STARTTLS, implicit TLS)
+    "submission": (True, False),
+    "smtp+tls": (True, False),
+    "smtps": (False, True),
+    "smtp+ssl": (False, True),
+}
+
+
+def email_settings(name):
+    """Django's mail settings from an ``EMAIL_URL``-style variable, or raise naming ``name``.
+
+    ``smtp://USER:PASSWORD@HOST:PORT`` (``submission://`` or ``smtp+tls://`` for STARTTLS,
+    ``smtps://`` or ``smtp+ssl://`` for implicit TLS), ``console://`` (printed to the log) or
+    ``locmem://`` (kept in memory, for tests). Empty: mail goes to the console. User and password
+    are percent-decoded; ``?from=ADDRESS`` sets the sender.
+    """
+    from urllib.parse import parse_qs, unquote
+
+    value = env_str(name, "console://")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not a valid URL ({exc})") from None
+    query = parse_qs(parts.query)
+    sender = (query.get("from") or ["crawlsite@localhost"])[0]
+    if parts.scheme == "console":
+        return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend", "DEFAULT_FROM_EMAIL": sender}
+    if parts.scheme == "locmem":
+        return {"EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend", "DEFAULT_FROM_EMAIL": sender}
+    if parts.scheme not in EMAIL_SCHEMES or not parts.hostname:
+        raise ImproperlyConfigured(
+            f"{name} must look like smtp://USER:PASSWORD@HOST:PORT (or submission://, smtps://, "
+            "console://, locmem://)")
+    starttls, implicit = EMAIL_SCHEMES[parts.scheme]
+    return {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": parts.hostname,
+        "EMAIL_PORT": port or (465 if implicit else 587 if starttls else 25),
+        "EMAIL_HOST_USER": unquote(parts.username or ""),
+        "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+        "EMAIL_USE_TLS": starttls,
+        "EMAIL_USE_SSL": implicit,
+        "EMAIL_TIMEOUT": 10,
+        "DEFAULT_FROM_EMAIL": sender,
+    }

@@ -14,6 +14,7 @@ from crawler.registry import SpiderRegistryError, parse_spiders
 from crawlsite.env import (
     check_database_url,
     check_redis_url,
+    email_settings,
     env_allowed_networks,
     env_bool,
     env_choice,
@@ -248,6 +249,19 @@ ITEM_SEARCH_ROWS = env_int("ITEM_SEARCH_ROWS", 5000, minimum=10, maximum=1_000_0
 EXPORTS_DIR = Path(env_str("CRAWLSITE_EXPORTS_DIR", str(VAR_DIR / "exports")))
 XLSX_EXPORT_TTL = env_int("XLSX_EXPORT_TTL", 86400, minimum=60)
 XLSX_JOB_TIMEOUT = env_int("XLSX_JOB_TIMEOUT", 1800, minimum=10)
+
+# Notifications (docs/alerts.md): mail from EMAIL_URL; webhook deliveries retried after these
+# delays (seconds), each attempt bounded in time and in the size of the answer read.
+globals().update(email_settings("EMAIL_URL"))
+# The dashboard's address as people reach it: links in notifications.
+PUBLIC_URL = env_str("PUBLIC_URL", "http://localhost:8000")
+try:
+    ALERT_RETRY_INTERVALS = [int(x) for x in env_list("ALERT_RETRY_INTERVALS", ["10", "60", "300"])]
+except ValueError:
+    raise ImproperlyConfigured("ALERT_RETRY_INTERVALS must be whole seconds, comma-separated (e.g. 10,60,300)") from None
+ALERT_SEND_TIMEOUT = env_float("ALERT_SEND_TIMEOUT", 10, minimum=0.5, maximum=120)
+ALERT_RESPONSE_MAX_BYTES = 64 * 1024
+ALERT_JOB_TIMEOUT = 60
 
 LOGGING = {
     "version": 1,

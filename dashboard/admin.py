@@ -1,7 +1,8 @@
 from django.contrib import admin
 
 from dashboard.forms import ProjectAdminForm
-from dashboard.models import ApiToken, Crawl, CrawlHistory, Item, Project, Schedule, ScheduleFire
+from dashboard.models import (ApiToken, Channel, Crawl, CrawlHistory, Delivery, Item, Monitor, Project, Schedule,
+                               ScheduleFire)
 
 
 @admin.register(Project)
@@ -88,3 +89,30 @@ class ScheduleFireAdmin(ViewOnlyAdmin):
     list_display = ["schedule", "due", "outcome", "reason", "crawl", "fired_at"]
     list_filter = ["outcome"]
     search_fields = ["schedule__code", "crawl__code", "reason"]
+
+
+@admin.register(Monitor)
+class MonitorAdmin(admin.ModelAdmin):
+    list_display = ["public_id", "project", "kind", "field", "threshold", "created_at"]
+    list_filter = ["kind"]
+    readonly_fields = ["public_id", "created_at"]
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    list_display = ["public_id", "project", "kind", "target", "always", "created_at"]
+    list_filter = ["kind"]
+    exclude = ["secret"]  # never shown back; set through the project page or the API
+    readonly_fields = ["public_id", "created_at"]
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "project", "channel_kind", "target", "attempt", "outcome", "detail"]
+    list_filter = ["outcome", "channel_kind"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the delivery log is a record of what happened

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -21,12 +22,15 @@ from redis.exceptions import RedisError
 
 from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
-from dashboard import engine, history, live, quotas, schedules, xlsx_builds
+from dashboard import engine, history, live, monitors, notify, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
 from dashboard.models import (
     ApiToken,
+    Channel,
     Crawl,
+    Delivery,
+    Monitor,
     ExpiredToken,
     InvalidTransition,
     Project,
@@ -141,6 +145,8 @@ class CrawlOut(Schema):
     items_stored: int
     invalid: int = 0  # items that failed the project's validation
     replaced: int = 0  # items replaced by a later one with the same unique key
+    coverage: dict[str, float] = {}
+    checks: list[dict[str, Any]] = []
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -174,6 +180,7 @@ def crawl_out(crawl):
         "worker_states": view["workers"],
         "items_stored": stored if isinstance(stored, int) else crawl.items.count(),
         "schedule": crawl.schedule.code if crawl.schedule_id else None,
+        "checks": crawl.checks or [],
     }
 
 
@@ -738,3 +745,133 @@ def list_fires(request, schedule_id: str,
     return [{"due": f.due, "fired_at": f.fired_at, "outcome": f.outcome, "reason": f.reason,
              "crawl": f.crawl.code if f.crawl_id else None}
             for f in schedule.fires.select_related("crawl")[:limit]]
+# -- monitors, channels, deliveries (docs/alerts.md) ----------------------------------------------
+
+
+class MonitorOut(Schema):
+    id: str
+    kind: str
+    field: str
+    threshold: float | None
+    created_at: datetime
+
+
+class ChannelOut(Schema):
+    id: str
+    kind: str
+    target: str
+    always: bool
+    secret: str  # a hint only (its last characters), never the secret
+    created_at: datetime
+
+
+class NewChannelOut(ChannelOut):
+    new_secret: str | None = None  # a generated webhook secret, shown this once
+
+
+class DeliveryOut(Schema):
+    id: str
+    event: str
+    crawl: str | None
+    channel: str | None
+    channel_kind: str
+    target: str
+    attempt: int
+    outcome: str
+    detail: str
+    created_at: datetime
+
+
+def monitor_out(m):
+    return {"id": m.public_id, "kind": m.kind, "field": m.field, "threshold": m.threshold, "created_at": m.created_at}
+
+
+def channel_out(c):
+    return {"id": c.public_id, "kind": c.kind, "target": c.target, "always": c.always, "secret": c.secret_hint,
+            "created_at": c.created_at}
+
+
+def _invalid(what, exc):
+    """422 naming each field that is wrong (``__all__``: the object as a whole)."""
+    errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+    said = "; ".join(f"{k}: {v[0]}" if k != "__all__" else v[0] for k, v in errors.items())
+    return Status(422, {"detail": f"Invalid {what}: {said}", "errors": errors})
+
+
+@api.get("/projects/{project_id}/monitors", response={200: list[MonitorOut], 404: ErrorOut}, tags=["alerts"])
+def list_monitors(request, project_id: str):
+    """The project's monitors (docs/alerts.md)."""
+    return [monitor_out(m) for m in _project(request, project_id).monitors.all()]
+
+
+@api.post("/projects/{project_id}/monitors", response={201: MonitorOut, 404: ErrorOut, 422: ValidationOut},
+          tags=["alerts"])
+def create_monitor(request, project_id: str, payload: dict[str, Any] = Body(...)):
+    """Add a monitor, e.g. ``{"kind": "field_coverage", "field": "upc", "min_percent": 90}``. Kinds and
+    their threshold: ``status`` (none), ``items_min`` (``min_items``), ``items_drop`` (``min_percent``
+    of the previous finished run), ``error_rate`` (``max_percent``), ``field_coverage`` (``field``,
+    ``min_percent``), ``invalid_max`` (``max_invalid``), ``stalled`` (``minutes``)."""
+    project = _project(request, project_id)
+    try:
+        clean = monitors.clean_monitor(project, payload)
+    except ValidationError as exc:
+        return _invalid("monitor", exc)
+    return Status(201, monitor_out(Monitor.objects.create(project=project, **clean)))
+
+
+@api.delete("/projects/{project_id}/monitors/{monitor_id}", response={204: None, 404: ErrorOut}, tags=["alerts"])
+def delete_monitor(request, project_id: str, monitor_id: str):
+    project = _project(request, project_id)
+    get_object_or_404(project.monitors, public_id=monitor_id).delete()
+    return Status(204, None)
+
+
+@api.get("/projects/{project_id}/channels", response={200: list[ChannelOut], 404: ErrorOut}, tags=["alerts"])
+def list_channels(request, project_id: str):
+    """The project's notification channels; secrets show as a hint only."""
+    return [channel_out(c) for c in _project(request, project_id).channels.all()]
+
+
+@api.post("/projects/{project_id}/channels", response={201: NewChannelOut, 404: ErrorOut, 422: ValidationOut},
+          tags=["alerts"])
+def create_channel(request, project_id: str, payload: dict[str, Any] = Body(...)):
+    """Add a channel: ``{"kind": "webhook", "url": "https://...", "secret": "..."}`` (signed
+    JSON; a secret is generated and shown once when left out), ``{"kind": "slack", "url": ...}``
+    or ``{"kind": "email", "emails": ["ops@example.com"]}``. ``"always": true`` notifies at every
+    run end, not only when a monitor failed."""
+    project = _project(request, project_id)
+    try:
+        clean = notify.clean_channel(project, payload)
+    except ValidationError as exc:
+        return _invalid("channel", exc)
+    generated = clean.get("secret") if clean["kind"] == Channel.WEBHOOK and not payload.get("secret") else None
+    channel = Channel.objects.create(project=project, **clean)
+    return Status(201, {**channel_out(channel), "new_secret": generated})
+
+
+@api.delete("/projects/{project_id}/channels/{channel_id}", response={204: None, 404: ErrorOut}, tags=["alerts"])
+def delete_channel(request, project_id: str, channel_id: str):
+    project = _project(request, project_id)
+    get_object_or_404(project.channels, public_id=channel_id).delete()
+    return Status(204, None)
+
+
+@api.post("/projects/{project_id}/channels/{channel_id}/test", response={202: ErrorOut, 404: ErrorOut},
+          tags=["alerts"])
+def test_channel(request, project_id: str, channel_id: str):
+    """Queue a ``test`` notification through the channel; the delivery log shows how it went."""
+    project = _project(request, project_id)
+    channel = get_object_or_404(project.channels, public_id=channel_id)
+    notify.send_test(channel)
+    return Status(202, {"detail": "A test notification is queued; see the delivery log."})
+
+
+@api.get("/projects/{project_id}/deliveries", response={200: list[DeliveryOut], 404: ErrorOut}, tags=["alerts"])
+def list_deliveries(request, project_id: str, limit: int = Query(100, ge=1, le=500)):
+    """Every delivery attempt of the project's notifications, newest first."""
+    project = _project(request, project_id)
+    rows = Delivery.objects.filter(project=project).select_related("alert__crawl", "channel")[:limit]
+    return [{"id": d.public_id, "event": d.alert.event, "crawl": d.alert.crawl.code if d.alert.crawl else None,
+             "channel": d.channel.public_id if d.channel else None, "channel_kind": d.channel_kind,
+             "target": d.target, "attempt": d.attempt, "outcome": d.outcome, "detail": d.detail,
+             "created_at": d.created_at} for d in rows]

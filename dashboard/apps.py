@@ -6,4 +6,4 @@ class DashboardConfig(AppConfig):
     verbose_name = "Crawlsite"
 
     def ready(self):
-        from dashboard import signals  # noqa: F401  (connects the receivers)
+        from dashboard import monitors, signals  # noqa: F401  (connects the receivers)

@@ -17,7 +17,7 @@ from redis.exceptions import LockError, RedisError
 
 from crawler import keys, leases, state
 from crawler.counters import DONE_STATES
-from dashboard import engine, history, ingest, jobs, live, schedules
+from dashboard import engine, history, ingest, jobs, live, monitors, schedules
 from dashboard.models import Crawl
 from dashboard.redis import get_redis
 
@@ -284,10 +284,13 @@ class Conductor:
 
     def apply(self, o):
         crawl = o.crawl
+        stalled_since = crawl.stalled_since
         if o.stall:
             crawl.flag_stalled(o.stall)
-        elif o.stall == "":
-            crawl.clear_stalled()
+        elif o.stall == "" and crawl.clear_stalled() and stalled_since is not None:
+            self.alert(monitors.on_recovered, crawl, stalled_since, reading=o.counters)
+        if crawl.stalled_since is not None:
+            self.alert(monitors.watch_stall, crawl, reading=o.counters)
         if o.decision is None:
             return
         if o.decision == "paused":
@@ -306,15 +309,21 @@ class Conductor:
                 changed = crawl.mark_stopped(stats)
             else:
                 changed = crawl.mark_workers_lost(stats, o.reason)
-            o.counters = counters
-            if changed:
-                history.record_run(crawl)  # the run's history and final quality counts, into the database
+            o.counters = counters  # the run's end (history, then monitors) follows through run_ended
         if changed:
             self.idle_since.pop(crawl.code, None)
         else:
             log.info("crawl %s: %s not applied, its status changed meanwhile (now %s)", crawl.code, o.decision,
                      crawl.status)
         return changed
+
+    def alert(self, check, *args, **kwargs):
+        """A live monitor check (dashboard/monitors.py): it only queues notifications; a failure is
+        logged and never breaks the tick."""
+        try:
+            check(*args, **kwargs)
+        except Exception:
+            log.exception("conductor: monitors of crawl %s", args[0].code)
 
     def publish(self, observations):
         """One live update per crawl to its browsers (dashboard/live.py); never breaks the tick."""

@@ -82,15 +82,20 @@ def control(crawl, action):
             quotas.check_launch(crawl.project.owner, crawl.workers)
             crawl.resume()
     elif action == "force_stop":
-        crawl.force_stop()
+        crawl.force_stop(announce=False)
         finalize(crawl)
-        history.record_run(crawl)
+        crawl.run_ended(action)  # history and monitors, once the final counters are stored
+    elif action == "cancel":
+        ends_run = crawl.ends_run(action)  # a paused run ends here; a stopped one ended already
+        crawl.cancel(announce=False)
+        ingest.drain_all(get_redis(), crawl)
+        if ends_run:
+            crawl.run_ended(action)  # history and monitors, before the Redis state goes
+        else:
+            history.record_run(crawl)  # the last of its history, before the Redis state goes
+        purge(crawl)
     else:
         getattr(crawl, action)()
-    if action == "cancel":
-        ingest.drain_all(get_redis(), crawl)
-        history.record_run(crawl)  # before its Redis state goes
-        purge(crawl)
     return crawl
 
 
@@ -108,6 +113,7 @@ def final_stats(crawl, counters):
     stats["status"] = counters["status"]
     stats["items_stored"] = crawl.items.count()
     stats["workers"] = len(counters["workers"])
+    stats["coverage"] = counters.get("coverage") or {}  # field -> percent of items (dashboard/live.py)
     for name in ("blocked_address", "blocked_scheme"):  # refused by the network policy (crawler.netguard)
         stats[name] = int(counters["stats"].get(name, 0))
     return stats

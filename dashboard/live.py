@@ -446,7 +446,8 @@ def crawl_view(crawl, reading, now=None):
     """
     counters = reading or {}
     if not crawl.is_active and crawl.stats and not counters.get("stats"):
-        counters = {**counters, **{k: crawl.stats.get(k, 0) for k in COUNTERS}, "status": crawl.stats.get("status", {})}
+        counters = {**counters, **{k: crawl.stats.get(k, 0) for k in COUNTERS}, "status": crawl.stats.get("status", {}),
+                    "coverage": crawl.stats.get("coverage") or {}}
     current_rates = counters.get("rates") or no_rates()
     if not crawl.is_active:
         current_rates = no_rates()
@@ -471,6 +472,7 @@ def crawl_view(crawl, reading, now=None):
         "status_codes": counters.get("status", {}),
         "invalid": _int(quality.get("invalid")),  # items that failed validation (dashboard/ingest.py)
         "replaced": _int(quality.get("replaced")),  # items replaced by a later one with the same unique key
+        "coverage": field_coverage(crawl, counters),
         "workers": workers_message(rows),
         "stalled": {"since": crawl.stalled_since, "reason": crawl.stalled_reason} if crawl.stalled_since else None,
         "overdue": overdue(crawl, counters, now),
@@ -478,6 +480,23 @@ def crawl_view(crawl, reading, now=None):
         "started_at": crawl.started_at,
         "finished_at": crawl.finished_at,
     }
+
+
+def field_coverage(crawl, counters):
+    """``{field: percent}`` of a crawl: every field seen in its items, plus the definition's
+    fields that no item has carried yet (0 %) once items exist."""
+    found = dict(counters.get("coverage") or {})
+    if counters.get("items"):
+        for name in crawl_fields(crawl.definition):
+            found.setdefault(name, 0.0)
+    return dict(sorted(found.items()))
+
+
+def crawl_fields(definition):
+    """Names of the fields a built-in definition extracts (``url`` included); [] for a custom spider."""
+    fields = ((definition or {}).get("item") or {}).get("fields") or []
+    names = [f.get("name") for f in fields if isinstance(f, dict) and f.get("name")]
+    return ["url", *names] if names else []
 
 
 @functools.lru_cache(maxsize=4096)

@@ -12,11 +12,13 @@ import string
 from dataclasses import dataclass
 import unicodedata
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
+from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
 
@@ -28,6 +30,10 @@ from dashboard import jobs
 from dashboard.redis import get_redis
 
 CODE_ALPHABET = string.ascii_lowercase + string.digits
+
+# Sent once per end of a run (finished, failed, stopped, cancelled while paused), after commit,
+# with ``crawl`` and ``action`` (the lifecycle action that ended it). Monitors listen.
+run_ended = Signal()
 
 
 def new_code(length=10):
@@ -198,6 +204,8 @@ class Crawl(models.Model):
     workers = models.PositiveSmallIntegerField(default=1, help_text="Workers asked for.")
     launched_workers = models.PositiveSmallIntegerField(default=0, help_text="Worker ids w1..wN handed out so far.")
     stats = models.JSONField(default=dict, blank=True, help_text="Counters recorded when the crawl ended.")
+    checks = models.JSONField(default=list, blank=True,
+                              help_text="The project's monitors checked at the run's end: kind, field, passed, value, threshold.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -238,10 +246,12 @@ class Crawl(models.Model):
 
     # -- the table, applied: compare-and-set -------------------------------------------------------
 
-    def _apply(self, action, *, reason=None, stats=None, effects=None, **fields):
+    def _apply(self, action, *, reason=None, stats=None, effects=None, announce=True, **fields):
         """Move the crawl along ``action`` if its status in the database is still the one this
         object was read with (and one of the action's sources): ``UPDATE ... WHERE status IN (...)``.
         Returns whether this call made the change; ``effects`` (Redis, RQ) then run after commit.
+        A change that ends a run sends ``run_ended`` after commit too, unless ``announce`` is
+        False: then the caller sends it once the run's last items and counters are stored.
         A row read earlier is never saved."""
         act = self.LIFECYCLE[action]
         now = timezone.now()
@@ -262,10 +272,25 @@ class Crawl(models.Model):
             changed = Crawl.objects.filter(pk=self.pk, status__in=sources).update(**fields) if sources else 0
             if changed and effects is not None:
                 transaction.on_commit(effects)
+            if changed and announce and self.ends_run(action):
+                transaction.on_commit(lambda: self.run_ended(action))
         self.refresh_from_db(fields=["status", "status_changed_at", "reason", "stats", "started_at",
                                      "finished_at", "stalled_since", "stalled_reason", "workers",
                                      "launched_workers"])
         return bool(changed)
+
+    def ends_run(self, action):
+        """Whether ``action`` from the current status ends a run: finished, failed, stopped (by a
+        user, force or lost workers), or cancelled while paused (a stopped run ended already)."""
+        target = self.LIFECYCLE[action].target
+        return target in (self.FINISHED, self.FAILED, self.STOPPED) or (
+            target == self.CANCELLED and self.status != self.STOPPED)
+
+    def run_ended(self, action):
+        """After the commit of a run's end: tell the ``run_ended`` receivers (the run's history,
+        then its monitors: dashboard/monitors.py). A receiver's error is logged and never breaks
+        the caller."""
+        run_ended.send_robust(sender=Crawl, crawl=self, action=action)
 
     def _act(self, action, **kwargs):
         """A user's action: applied, or InvalidTransition with the reason it cannot apply now."""
@@ -303,20 +328,21 @@ class Crawl(models.Model):
     def stop(self):
         return self._act("stop", effects=self._control("stop"))
 
-    def cancel(self):
+    def cancel(self, announce=True):
         """Cancelled for good. The caller deletes the Redis state once remaining items are stored
-        (dashboard.engine.control does)."""
+        (dashboard.engine.control does, and announces the run's end itself: ``announce``)."""
         code, launched = self.code, self.launched_workers
 
         def effects():
             crawl_state.set_control(get_redis(), code, "stop")
             jobs.cancel_waiting(code, jobs.worker_ids(launched))
 
-        return self._act("cancel", reason="Cancelled by its owner.", effects=effects)
+        return self._act("cancel", reason="Cancelled by its owner.", effects=effects, announce=announce)
 
-    def force_stop(self, stats=None):
+    def force_stop(self, stats=None, announce=True):
         """Stopped now, whatever the workers do: control ``stop``, every worker's leases back in
-        the queue, every worker marked gone. Queue and dedupe stay, so a resume carries on."""
+        the queue, every worker marked gone. Queue and dedupe stay, so a resume carries on.
+        ``announce`` False: the caller sends ``run_ended`` once the final counters are stored."""
         code, launched = self.code, self.launched_workers
 
         def effects():
@@ -325,7 +351,7 @@ class Crawl(models.Model):
             crawl_leases.force_release(redis, code, "force-stopped by its owner")
             jobs.cancel_waiting(code, jobs.worker_ids(launched))
 
-        return self._act("force_stop", stats=stats, effects=effects,
+        return self._act("force_stop", stats=stats, effects=effects, announce=announce,
                          reason="Force-stopped: every worker's requests were put back in the queue. "
                                 "Resume to continue.")
 
@@ -729,3 +755,137 @@ class ScheduleFire(models.Model):
 
     def __str__(self):
         return f"{self.schedule_id} @ {self.due:%Y-%m-%d %H:%M} {self.outcome}"
+
+
+# -- monitors, notification channels and deliveries (docs/alerts.md) ----------------------------------
+
+
+def new_monitor_id():
+    return "mon_" + new_code(12)
+
+
+def new_channel_id():
+    return "chn_" + new_code(12)
+
+
+def new_delivery_id():
+    return "dlv_" + new_code(12)
+
+
+class Monitor(models.Model):
+    """A check on a project's runs: final ones at run end, ``stalled`` while a run is going on."""
+
+    STATUS = "status"
+    ITEMS_MIN = "items_min"
+    ITEMS_DROP = "items_drop"
+    ERROR_RATE = "error_rate"
+    FIELD_COVERAGE = "field_coverage"
+    INVALID_MAX = "invalid_max"
+    STALLED = "stalled"
+    KIND_CHOICES = [
+        (STATUS, "Run failed or stopped with an error"),
+        (ITEMS_MIN, "Items at least N"),
+        (ITEMS_DROP, "Items at least X % of the previous finished run"),
+        (ERROR_RATE, "Error rate at most Y %"),
+        (FIELD_COVERAGE, "Coverage of a field at least Z %"),
+        (INVALID_MAX, "Invalid items at most N"),
+        (STALLED, "No progress for M minutes while work is queued"),
+    ]
+    KINDS = tuple(kind for kind, _label in KIND_CHOICES)
+    MAX_PER_PROJECT = 50
+
+    public_id = models.CharField(max_length=20, unique=True, default=new_monitor_id, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="monitors")
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    field = models.CharField(max_length=100, blank=True, help_text="The field of a field_coverage monitor.")
+    threshold = models.FloatField(null=True, blank=True,
+                                  help_text="N, X, Y, Z or M of the kind; none for status.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.kind}{' ' + self.field if self.field else ''} ({self.threshold})"
+
+
+class Channel(models.Model):
+    """Where a project's notifications go. The secret (webhook signing key) is never shown back."""
+
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+    SLACK = "slack"
+    KIND_CHOICES = [(WEBHOOK, "Webhook (signed JSON)"), (EMAIL, "Email"), (SLACK, "Slack-compatible webhook")]
+    KINDS = tuple(kind for kind, _label in KIND_CHOICES)
+    MAX_PER_PROJECT = 20
+
+    public_id = models.CharField(max_length=20, unique=True, default=new_channel_id, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="channels")
+    kind = models.CharField(max_length=10, choices=KIND_CHOICES)
+    url = models.TextField(blank=True, help_text="Webhook or Slack incoming-webhook URL.")
+    emails = models.JSONField(default=list, blank=True, help_text="Recipients of an email channel.")
+    secret = models.CharField(max_length=200, blank=True, help_text="HMAC-SHA256 key of a webhook.")
+    always = models.BooleanField(default=False, help_text="Notify at every run end, not only when a monitor failed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"{self.kind} {self.target}"
+
+    @property
+    def target(self):
+        """Where it sends, safe to show: the URL without its path (which often holds a token), or
+        the recipients."""
+        if self.kind == self.EMAIL:
+            return ", ".join(self.emails)
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}/…" if parts.path.strip("/") or parts.query else self.url
+
+    @property
+    def secret_hint(self):
+        return f"…{self.secret[-4:]}" if len(self.secret) >= 12 else ("set" if self.secret else "")
+
+
+class Alert(models.Model):
+    """One notification decided for a crawl (a run end, a stall, a recovery, a test), claimed once by
+    its unique ``key``: a second conductor tick or a failover never sends it twice."""
+
+    RUN_ENDED = "run.ended"
+    RUN_STALLED = "run.stalled"
+    RUN_RECOVERED = "run.recovered"
+    TEST = "test"
+    EVENTS = (RUN_ENDED, RUN_STALLED, RUN_RECOVERED, TEST)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
+    crawl = models.ForeignKey(Crawl, on_delete=models.CASCADE, null=True, blank=True, related_name="alerts")
+    key = models.CharField(max_length=120, unique=True)
+    event = models.CharField(max_length=20)
+    payload = models.JSONField(help_text="The message body sent to every channel.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class Delivery(models.Model):
+    """One attempt to send an alert through a channel (the delivery log)."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+    public_id = models.CharField(max_length=20, unique=True, default=new_delivery_id, editable=False)
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.ForeignKey(Channel, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deliveries")
+    channel_kind = models.CharField(max_length=10)
+    target = models.CharField(max_length=300, help_text="Where it went, safe to show.")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    outcome = models.CharField(max_length=10, help_text="delivered, retrying (another attempt follows) or failed.")
+    detail = models.CharField(max_length=500, blank=True, help_text="HTTP status or why it failed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]

@@ -54,10 +54,11 @@ def error_of(job):
     return "The job stopped before it finished (its worker died or ran out of time)."
 
 
-def enqueue(func, *args, job_id, timeout, description, result_ttl=3600):
+def enqueue(func, *args, job_id, timeout, description, result_ttl=3600, retry=None):
     """Enqueue ``func(*args)`` on ``tasks`` once the current transaction commits.
 
-    A finished or failed job of the same id is replaced.
+    A finished or failed job of the same id is replaced. ``retry``: an ``rq.Retry`` (attempts
+    after a failure, with their delays).
     """
 
     def send():
@@ -68,7 +69,7 @@ def enqueue(func, *args, job_id, timeout, description, result_ttl=3600):
             old.delete()
         tasks_queue().enqueue(
             func, *args, job_id=job_id, job_timeout=timeout, result_ttl=result_ttl, failure_ttl=86400,
-            description=description,
+            description=description, retry=retry,
         )
 
     transaction.on_commit(send)

@@ -15,13 +15,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from crawler.definition import MAX_WORKERS
 from crawler.definition import DefinitionError
-from dashboard import engine, exports, history, live, quotas, schedules, xlsx_builds
+from dashboard import engine, exports, history, live, monitors, notify, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard import items as item_queries
 from dashboard.forms import (ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, ScheduleForm, TokenForm,
                              parse_whole_number)
 from dashboard.health import health
-from dashboard.models import ApiToken, Crawl, InvalidTransition, Project, Schedule, TokenError, validate_definition
+from dashboard.models import (ApiToken, Channel, Crawl, Delivery, InvalidTransition, Monitor, Project, Schedule,
+                               TokenError, validate_definition)
 
 
 def _get_project_for_user(request, code):
@@ -157,16 +158,90 @@ def project_edit(request, code):
 
 @require_GET
 def project_detail(request, code):
-    project = _get_project_for_user(request, code)
+    return _project_page(request, _get_project_for_user(request, code))
+
+
+def _project_page(request, project, status=200, **forms):
+    """The project page; ``forms`` carry a refused monitor or channel form (values and errors)."""
     runs = history.project_runs(project, limit=50)
     for newer, older in zip(runs, runs[1:] + [None]):
         newer["previous"] = older["code"] if older else None
     chart = [{k: r[k] for k in ("code", "duration_s", "pages", "items", "errors", "invalid")}
              | {"t": r["created_at"].timestamp()} for r in reversed(runs)]
-    rows = [(schedule, schedules.next_runs(schedule, count=1)) for schedule in project.schedules.all()]
-    return render(request, "dashboard/project_detail.html",
-                  {"project": project, "runs": runs, "runs_chart": chart, "usage": quotas.summary(request.user),
-                   "schedules": rows})
+    schedule_rows = [(schedule, schedules.next_runs(schedule, count=1)) for schedule in project.schedules.all()]
+    context = {"project": project, "runs": runs, "runs_chart": chart, "schedules": schedule_rows,
+               "usage": quotas.summary(request.user),
+               "monitors": project.monitors.all(), "channels": project.channels.all(),
+               "deliveries": Delivery.objects.filter(project=project).select_related("alert__crawl")[:20],
+               "monitor_kinds": Monitor.KIND_CHOICES, "channel_kinds": Channel.KIND_CHOICES,
+               "fields": live.crawl_fields(project.definition), **forms}
+    return render(request, "dashboard/project_detail.html", context, status=status)
+
+
+# --- Monitors and notification channels (docs/alerts.md) ----------------------------------------
+
+
+def _form_errors(exc, renamed=None):
+    """A ValidationError's messages by form input (``form``: the form as a whole)."""
+    renamed = {"__all__": "form", **(renamed or {})}
+    return {renamed.get(k, k): v for k, v in exc.message_dict.items()}
+
+
+@require_POST
+def project_monitor_create(request, code):
+    project = _get_project_for_user(request, code)
+    data = {k: v.strip() for k, v in request.POST.items() if k in ("kind", "field", "threshold")}
+    try:
+        clean = monitors.clean_monitor(project, data)
+    except ValidationError as exc:
+        names = {t[0] for t in monitors.THRESHOLDS.values()}
+        errors = _form_errors(exc, {name: "threshold" for name in names})
+        return _project_page(request, project, 422, monitor_form=data, monitor_errors=errors)
+    Monitor.objects.create(project=project, **clean)
+    messages.success(request, "Monitor added.")
+    return redirect(project)
+
+
+@require_POST
+def project_monitor_delete(request, code, monitor_id):
+    project = _get_project_for_user(request, code)
+    get_object_or_404(project.monitors, public_id=monitor_id).delete()
+    messages.success(request, "Monitor removed.")
+    return redirect(project)
+
+
+@require_POST
+def project_channel_create(request, code):
+    project = _get_project_for_user(request, code)
+    data = {k: v.strip() for k, v in request.POST.items() if k in ("kind", "url", "secret", "emails")}
+    data["always"] = request.POST.get("always") == "on"
+    try:
+        clean = notify.clean_channel(project, data)
+    except ValidationError as exc:
+        data.pop("secret", None)  # never echoed back
+        return _project_page(request, project, 422, channel_form=data, channel_errors=_form_errors(exc))
+    channel = Channel.objects.create(project=project, **clean)
+    if clean["kind"] == Channel.WEBHOOK and not data.get("secret"):
+        return _project_page(request, project, new_channel=channel, new_secret=clean["secret"])
+    messages.success(request, "Channel added.")
+    return redirect(project)
+
+
+@require_POST
+def project_channel_delete(request, code, channel_id):
+    project = _get_project_for_user(request, code)
+    get_object_or_404(project.channels, public_id=channel_id).delete()
+    messages.success(request, "Channel removed.")
+    return redirect(project)
+
+
+@require_POST
+def project_channel_test(request, code, channel_id):
+    project = _get_project_for_user(request, code)
+    channel = get_object_or_404(project.channels, public_id=channel_id)
+    notify.send_test(channel)
+    messages.success(request, "Test notification queued: the delivery log below shows how it went.")
+    return redirect(project)
 
 
 @require_http_methods(["GET", "POST"])

@@ -95,6 +95,30 @@
     $('[data-live="status-empty"]').hidden = names.length > 0;
   }
 
+  function applyCoverage(coverage) {
+    var list = $('[data-live="coverage"]');
+    if (!list) return;
+    var names = Object.keys(coverage || {}).sort();
+    list.replaceChildren.apply(list, names.map(function (name) {
+      var li = document.createElement("li");
+      li.dataset.fieldName = name;
+      var label = document.createElement("span");
+      label.className = "mono";
+      label.textContent = name;
+      var bar = document.createElement("progress");
+      bar.className = "bar";
+      bar.max = 100;
+      bar.value = coverage[name];
+      var percent = document.createElement("span");
+      percent.className = "num";
+      percent.dataset.field = "percent";
+      percent.textContent = coverage[name] + " %";
+      li.append(label, bar, percent);
+      return li;
+    }));
+    $('[data-live="coverage-empty"]').hidden = names.length > 0;
+  }
+
   function applyWorkers(workers) {
     latestWorkers = workers || [];
     var body = $('[data-live="workers"]');
@@ -237,6 +261,7 @@
     applyAlerts(msg);
     applyCounters(msg);
     applyStatusCodes(msg.status_codes, (msg.counters || {}).pages);
+    applyCoverage(msg.coverage);
     applyWorkers(msg.workers);
     applyItems(msg.items, true, 0);
     applyLog(msg.log, true);
@@ -248,6 +273,7 @@
     applyAlerts(msg);
     applyCounters(msg);
     applyStatusCodes(msg.status_codes, (msg.counters || {}).pages);
+    applyCoverage(msg.coverage);
     applyWorkers(msg.workers);
     if (msg.items && msg.items.length) applyItems(msg.items, false, msg.items_new);
     if (msg.log && msg.log.length) applyLog(msg.log, false);

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from dashboard import schedules, xlsx_builds
-from dashboard.models import ApiToken, Crawl, Item
+from dashboard.models import ApiToken, Channel, Crawl, Item, Monitor
 from tests.dashboard.factories import definition, project_for
 
 LOGIN = "login"  # redirect to /accounts/login/
@@ -67,6 +67,11 @@ HTTP_TABLE = [
     ("GET", "/account/", LOGIN, OK, OK, OK),
     ("POST", "/account/tokens/new", LOGIN, OK, OK, OK),
     ("POST", "/account/tokens/{token}/revoke", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/projects/{project}/monitors/new", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/projects/{project}/monitors/{monitor}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/projects/{project}/channels/new", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/projects/{project}/channels/{channel}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/projects/{project}/channels/{channel}/test", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/admin/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/rq/", ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, OK),
     ("GET", "/api/docs", LOGIN, OK, OK, OK),
@@ -103,7 +108,22 @@ HTTP_TABLE = [
     ("GET", "/api/tokens", UNAUTHORIZED, OK, OK, OK),
     ("POST", "/api/tokens", UNAUTHORIZED, 201, 201, 201),
     ("DELETE", "/api/tokens/{token}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("GET", "/api/projects/{project}/monitors", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/projects/{project}/monitors", UNAUTHORIZED, NOT_FOUND, 201, NOT_FOUND),
+    ("DELETE", "/api/projects/{project}/monitors/{monitor}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("GET", "/api/projects/{project}/channels", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/projects/{project}/channels", UNAUTHORIZED, NOT_FOUND, 201, NOT_FOUND),
+    ("DELETE", "/api/projects/{project}/channels/{channel}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("POST", "/api/projects/{project}/channels/{channel}/test", UNAUTHORIZED, NOT_FOUND, 202, NOT_FOUND),
+    ("GET", "/api/projects/{project}/deliveries", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
 ]
+# Bodies of the requests that create something (the others send "{}" or a workers count).
+BODIES = {
+    "/api/monitors": {"kind": "items_min", "min_items": 1},
+    "/api/channels": {"kind": "email", "emails": ["ops@example.com"]},
+    "/monitors/new": {"kind": "status"},
+    "/channels/new": {"kind": "email", "emails": "ops@example.com"},
+}
 ROLES = ("anonymous", "outsider", "owner", "staff")
 
 
@@ -124,11 +144,14 @@ def world(db, owner, outsider, staff):
     token, _secret = ApiToken.create_for(owner, "owner's script")
     schedule = schedules.create(project, schedules.validate({"cron": "@daily"}))
     spare_schedule = schedules.create(project, schedules.validate({"cron": "@hourly"}))
+    monitor = Monitor.objects.create(project=project, kind=Monitor.ITEMS_MIN, threshold=1)
+    channel = Channel.objects.create(project=project, kind=Channel.EMAIL, emails=["ops@example.com"])
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
         "ids": {"project": project.code, "spare": spare.code, "crawl": crawl.code, "running": running.code, "item": item.key,
                 "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code,
-                "schedule": schedule.code, "spare_schedule": spare_schedule.code, "finished": finished.code},
+                "schedule": schedule.code, "spare_schedule": spare_schedule.code, "finished": finished.code,
+                "monitor": monitor.public_id, "channel": channel.public_id},
     }
 
 
@@ -153,12 +176,16 @@ def request(role, method, path, world):
                 body = json.dumps({"cron": "*/5 * * * *", "enabled": False})
             elif path == "/api/projects" or method == "PUT":
                 body = json.dumps(definition(f"Made by {role}"))
+            elif path.endswith(("/monitors", "/channels")):
+                body = json.dumps(BODIES["/api/" + path.rsplit("/", 1)[1]])
             else:
                 body = "{}"
         elif path == "/account/tokens/new":
             body = {"name": f"Made by {role}", "expires": "never"}
         elif "/schedules/" in path and (path.endswith("/new/") or path.endswith("/edit/")):
             body = {"cron": "@weekly", "timezone": "Europe/Berlin", "overlap": "skip", "catch_up": "once"}
+        elif path.endswith(("/monitors/new", "/channels/new")):
+            body = BODIES["/" + "/".join(path.rsplit("/", 2)[1:])]
         else:
             body = {"workers": "1"}
     call = getattr(client, method.lower())
@@ -221,7 +248,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|stopping|finished|item|snapshot|token|schedule|spare_schedule)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|stopping|finished|item|snapshot|token|schedule|spare_schedule|monitor|channel)\}", "{}", path)
     for action in ("pause", "resume", "stop", "force-stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path

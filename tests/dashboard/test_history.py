@@ -6,7 +6,7 @@ import json
 import pytest
 from django.test import Client
 
-from crawler import keys, scripts, state
+from crawler import keys, pipelines, scripts, state
 from dashboard import engine, history, ingest, live
 from dashboard.conductor import Conductor
 from dashboard.models import ApiToken, Crawl, CrawlHistory, Item
@@ -35,11 +35,12 @@ def crawl_redis():
 
 def push(crawl, *items, page="p"):
     """Items written to the crawl's stream the way workers write them (crawler.pipelines' script)."""
-    args = [0, "w1"]
+    entries = []
     for n, data in enumerate(items):
         url = data.get("url", f"http://shop.test/{page}")
-        args += [f"{page}:{n}", url, json.dumps({"url": url, **data})]
-    scripts.ADD_ITEMS(crawl_redis(), [keys.stats(crawl.code), keys.items(crawl.code)], args)
+        data = {"url": url, **data}
+        entries.append(([f"{page}:{n}", url, json.dumps(data)], pipelines.filled_fields(data)))
+    scripts.run(crawl_redis(), [pipelines.items_call(crawl.code, "w1", entries)])
 
 
 def api(user, path):

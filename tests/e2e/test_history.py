@@ -5,7 +5,7 @@ import json
 
 from playwright.sync_api import expect
 
-from crawler import keys, scripts, state
+from crawler import keys, pipelines, scripts, state
 from dashboard import engine, live
 from dashboard.models import Crawl
 from dashboard.redis import get_redis
@@ -19,10 +19,11 @@ def run_with_history(project, skus, points=3):
     redis = get_redis()
     crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.STOPPED)
     state.ensure_items_group(redis, crawl.code)
-    args = [0, "w1"]
+    entries = []
     for n, sku in enumerate(skus):
-        args += [f"p:{n}", f"http://shop.test/{sku}", json.dumps({"url": f"http://shop.test/{sku}", "sku": sku})]
-    scripts.ADD_ITEMS(redis, [keys.stats(crawl.code), keys.items(crawl.code)], args)
+        data = {"url": f"http://shop.test/{sku}", "sku": sku}
+        entries.append(([f"p:{n}", data["url"], json.dumps(data)], pipelines.filled_fields(data)))
+    scripts.run(redis, [pipelines.items_call(crawl.code, "w1", entries)])
     redis.hset(keys.stats(crawl.code), mapping={"pages": len(skus), "status:200": len(skus)})
     publisher = live.Publisher(redis)
     clock = iter(range(1000, 2000))

@@ -61,6 +61,9 @@ def test_create_launch_and_watch_a_crawl_live(logged_in_page, live_asgi, site, c
             time.sleep(0.1)
         first_pages = number(page, "[data-counter=pages]")
         expect(page.locator('[data-live="items"] li').first).to_be_visible(timeout=60_000)
+        # Field coverage arrives over the websocket too (the page opened before the first item).
+        expect(page.locator('[data-live="coverage"] li[data-field-name="url"] [data-field="percent"]')).to_have_text(
+            "100 %", timeout=30_000)
         expect(page.locator('[data-live="workers"] tr[data-worker]')).to_have_count(2, timeout=30_000)
         expect(page.locator('[data-live="status"]')).to_have_text("Finished", timeout=120_000)
     finally:
