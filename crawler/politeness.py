@@ -185,12 +185,45 @@ def unmark(meta: dict) -> None:
         meta.pop(NO_LOCAL_THROTTLE, None)
 
 
-def read_top(redis: redis.Redis, code: str, n: int = 10) -> dict[str, Any]:
-    """The ``n`` slots with most requests popped: pops, in flight, delay (ms). One round trip."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.zrevrange(keys.slot_pops(code), 0, n - 1, withscores=True)
+# -- what the dashboard shows (crawler.state.read_counters) -----------------------------------------
+
+TOP = 10  # domains shown, by requests popped
+READS = 4  # commands queue_reads adds to a pipeline
+
+
+def queue_reads(pipe: Any, code: str) -> None:
+    """Add the reads of the crawl's politeness to ``pipe`` (in-flight hashes only hold the slots
+    with requests in flight: their size is bounded by the fleet's concurrency, not the domains)."""
+    pipe.zrevrange(keys.slot_pops(code), 0, TOP - 1, withscores=True)
     pipe.hgetall(keys.politeness(code))
     pipe.hgetall(keys.in_flight(code))
     pipe.hgetall(keys.site_in_flight())
-    top, cfg, crawl_busy, site_busy = pipe.execute()
-    return {"top": top, "limits": cfg, "in_flight": site_busy if cfg.get("site") in ("1", b"1") else crawl_busy}
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def parse_reads(replies: list[Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """The politeness part of a crawl's counters: its limits, the time its workers waited, and the
+    top domains (requests popped, in flight now; the conductor adds their current rate)."""
+    top, cfg, crawl_busy, site_busy = (list(replies) + [None] * READS)[:READS]
+    cfg = cfg or {}
+    site = str(cfg.get("site", "0")) == "1"
+    busy = (site_busy if site else crawl_busy) or {}
+    limit = int(_num(cfg.get("limit")))
+    domains = [{"domain": str(slot), "pages": int(pops), "in_flight": int(_num(busy.get(slot))), "limit": limit}
+               for slot, pops in (top or [])]
+    return {
+        "configured": bool(cfg),
+        "limit": limit,
+        "delay": _num(cfg.get("delay")) / 1000.0,
+        "randomize": _num(cfg.get("jitter")) > 0,
+        "autothrottle": str(cfg.get("autothrottle", "0")) == "1",
+        "site_wide": site,
+        "wait_s": round(_num((stats or {}).get("polite_wait_ms")) / 1000.0, 1),
+        "domains": domains,
+    }

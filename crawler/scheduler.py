@@ -396,6 +396,10 @@ class RedisScheduler(BaseScheduler):
         if isinstance(result, Exception):
             logger.error("Writing to Redis failed: %s", result)
         written(result)
+        if self._pop_not_before and not isinstance(result, Exception):
+            # releases gave slots back: a worker waiting for politeness looks again now
+            self._pop_not_before = 0.0
+            self._wait_over()
         if self._has_writes():
             self.schedule_flush()
 

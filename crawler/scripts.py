@@ -419,9 +419,12 @@ else
   end
   if #out == 1 then
     if redis.call('ZCARD', KEYS[1]) == 0 then return {'empty'} end
+    -- until the earliest slot is ready; a slot parked at its limit waits for a release, which
+    -- another worker may make at any time: look again soon
     local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-    local wait = 1000
+    local wait = 100
     if #first > 0 then wait = math.max(1, math.min(1000, tonumber(first[2]) - now)) end
+    if #first > 0 and tonumber(first[2]) >= BLOCKED then wait = 100 end
     return {'wait', tostring(wait)}
   end
 end

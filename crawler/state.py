@@ -9,7 +9,7 @@ from redis.exceptions import ResponseError
 from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
-from . import keys
+from . import keys, politeness
 from .counters import COUNTERS, STATS_FIELD
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
 from .queue import request_to_json
@@ -38,7 +38,7 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
 
 
 # Commands :func:`queue_counter_reads` adds to a pipeline (to read many crawls in one round trip).
-COUNTER_READS = 4
+COUNTER_READS = 4 + politeness.READS
 
 
 def queue_counter_reads(pipe: Any, code: str) -> None:
@@ -47,10 +47,11 @@ def queue_counter_reads(pipe: Any, code: str) -> None:
     pipe.hgetall(keys.stats(code))
     pipe.hgetall(keys.workers(code))
     pipe.get(keys.control(code))
+    politeness.queue_reads(pipe, code)
 
 
 def parse_counters(replies: list[Any]) -> dict[str, Any]:
-    queued, stats, states, control = replies[:COUNTER_READS]
+    queued, stats, states, control = replies[:4]
     stats = stats or {}
     parsed = {}
     for worker, raw in (states or {}).items():
@@ -82,6 +83,7 @@ def parse_counters(replies: list[Any]) -> dict[str, Any]:
         "workers": parsed,
         "stats": {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in stats.items()},
         "control": control or "",
+        "politeness": politeness.parse_reads(replies[4:COUNTER_READS], stats),
     })
     return counters
 

@@ -215,8 +215,8 @@ def test_four_workers_keep_the_download_delay(r, code, redis_url):
 
 
 def test_a_slow_domain_limited_to_one_leaves_the_other_at_full_speed(r, code, redis_url):
-    slow = CountingHost("127.0.0.2", pages=8, delay=0.5).start()
-    fast = CountingHost("127.0.0.3", pages=60).start()
+    slow = CountingHost("127.0.0.2", pages=8, delay=0.8).start()
+    fast = CountingHost("127.0.0.3", pages=30).start()
     try:
         procs = _crawl(r, code, redis_url, [slow, fast], 2, CONCURRENT_REQUESTS_PER_DOMAIN=1)
         conduct(r, code, procs, timeout=120)
