@@ -122,6 +122,24 @@ class OverdueOut(Schema):
     holders: list[HolderOut]
 
 
+class DomainOut(Schema):
+    domain: str
+    rate: float
+    in_flight: int
+    limit: int
+    pages: int
+
+
+class PolitenessOut(Schema):
+    limit: int
+    delay: float
+    randomize: bool
+    autothrottle: bool
+    site_wide: bool
+    wait_s: float
+    domains: list[DomainOut]
+
+
 class CrawlOut(Schema):
     code: str
     project: str
@@ -135,6 +153,7 @@ class CrawlOut(Schema):
     rates: Rates
     stalled: StalledOut | None
     overdue: OverdueOut | None
+    politeness: PolitenessOut | None
     items_stored: int
     created_at: datetime
     started_at: datetime | None
