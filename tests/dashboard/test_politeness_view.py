@@ -64,3 +64,9 @@ def test_an_ended_crawl_without_redis_state_shows_no_politeness(owner):
     project = Project.objects.create(owner=owner, name="p", definition={})
     crawl = Crawl.objects.create(project=project, definition={}, status=Crawl.FINISHED)
     assert live.crawl_view(crawl, {})["politeness"] is None
+
+
+def test_project_form_says_the_domain_limits_hold_for_the_whole_crawl(owner, client):
+    client.force_login(owner)
+    html = client.get("/projects/new/").content.decode()
+    assert "hold for the whole crawl, all its workers together" in html
