@@ -7,7 +7,7 @@ wall-clock numbers still move with other load.
 import subprocess
 import sys
 
-BENCHES = ["engine_bench", "live_bench", "control_bench", "export_bench", "conductor_bench"]
+BENCHES = ["engine_bench", "live_bench", "control_bench", "export_bench", "conductor_bench", "politeness_bench"]
 
 
 def main():
