@@ -12,7 +12,7 @@ from scrapy.utils.request import RequestFingerprinter
 from . import keys, politeness
 from .counters import COUNTERS, STATS_FIELD
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
-from .queue import request_to_json
+from .queue import request_to_json, return_leases
 
 if TYPE_CHECKING:
     import redis
@@ -139,6 +139,11 @@ def launch(redis: redis.Redis, code: str, definition: dict, buckets: int = DEFAU
 
 
 def delete_crawl(redis: redis.Redis, code: str) -> int:
-    """Delete every key of a crawl (a cancelled crawl)."""
+    """Delete every key of a crawl (a cancelled crawl). With a site-wide budget, its leases are
+    given back first: the shared in-flight counts outlive the crawl."""
+    if redis.hget(keys.politeness(code), "site") in ("1", b"1"):
+        for key in redis.scan_iter(match=keys.leases_pattern(code), count=1000):
+            key = key if isinstance(key, str) else key.decode()
+            return_leases(redis, code, key[len(keys.leases_pattern(code)) - 1:])
     names = list(redis.scan_iter(match=keys.crawl_pattern(code), count=1000))
     return redis.delete(*names) if names else 0

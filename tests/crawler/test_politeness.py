@@ -114,6 +114,8 @@ def test_site_wide_budget_is_shared_by_two_crawls(r, code):
         while (got := RequestQueue(r, other, "w2").pop_many(0, 8))[0] == "wait" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert _hosts(got[1]) == ["shared.test"]
+        state.delete_crawl(r, other)  # cancelled while it held the site's slot: given back
+        assert r.hget(keys.site_in_flight(), "shared.test") is None
     finally:
         state.delete_crawl(r, other)
         r.delete(keys.site_in_flight())
