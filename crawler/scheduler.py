@@ -137,8 +137,9 @@ class RedisScheduler(BaseScheduler):
         engine = getattr(self.crawler, "engine", None)
         if engine is not None:  # the shared limits rule: Scrapy's own per-slot ones never bind first
             politeness.loosen_downloader(engine.downloader)
-        if self.crawler is not None and self.limits.autothrottle:
-            self.crawler.signals.connect(self.response_downloaded, signal=signals.response_downloaded)
+        crawler_signals = getattr(self.crawler, "signals", None)
+        if crawler_signals is not None and self.limits.autothrottle:  # latencies for the shared AutoThrottle
+            crawler_signals.connect(self.response_downloaded, signal=signals.response_downloaded)
         if self.idle_poll > 0:  # under a running reactor: pops and writes do not wait for Redis
             from twisted.internet import reactor
 

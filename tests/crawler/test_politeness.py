@@ -229,3 +229,31 @@ def test_a_slow_domain_limited_to_one_leaves_the_other_at_full_speed(r, code, re
     finally:
         slow.stop()
         fast.stop()
+
+
+def test_a_worker_reports_latencies_to_the_shared_autothrottle(r, code):
+    from types import SimpleNamespace
+
+    from scrapy import Request, Spider
+    from scrapy.http import HtmlResponse
+    from scrapy.utils.request import RequestFingerprinter
+
+    from crawler.scheduler import RedisScheduler
+
+    engine = SimpleNamespace(downloader=SimpleNamespace(total_concurrency=16, active=set(), slots={}),
+                             paused=False, spider=None, _slot=SimpleNamespace(inprogress=set()))
+    limits = politeness.Limits(autothrottle=True, start_delay=1.0, target_concurrency=1.0, randomize=False)
+    sched = RedisScheduler(r, code, "w1", fingerprinter=RequestFingerprinter(),
+                           crawler=SimpleNamespace(engine=engine), idle_poll=0, limits=limits)
+    sched.schedule_flush = lambda: None
+    sched.open(type("S", (Spider,), {"name": "s"})())
+    assert engine.downloader.per_slot_settings.get("a.test")["concurrency"] == 16  # Scrapy's limit never binds
+    request = Request("http://a.test/1", meta={"download_latency": 0.2})
+    sched.response_downloaded(HtmlResponse(request.url, status=200, request=request), request)
+    own = Request("http://a.test/2", meta={"download_latency": 5.0})
+    politeness.mark_popped(own)  # a request that asked Scrapy's AutoThrottle to leave it alone
+    own.meta[politeness.USER_NO_THROTTLE] = True
+    sched.response_downloaded(HtmlResponse(own.url, status=200, request=own), own)
+    sched.flush()
+    assert r.hget(keys.throttle(code), "a.test") == "600"  # (1.0 + 0.2) / 2: the first one only
+    assert r.hget(keys.politeness(code), "autothrottle") == "1"
