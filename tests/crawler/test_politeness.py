@@ -182,7 +182,7 @@ def _assert_all_pages(r, code, hosts):
 
 
 def test_four_workers_keep_two_at_once_through_pause_and_a_killed_worker(r, code, redis_url):
-    host = CountingHost("127.0.0.1", pages=60, delay=0.15).start()
+    host = CountingHost("127.0.0.1", pages=40, delay=0.15).start()
     try:
         procs = _crawl(r, code, redis_url, [host], 4, CONCURRENT_REQUESTS_PER_DOMAIN=2)
         _wait(lambda: len(host.starts) >= 10, "10 pages")
@@ -205,7 +205,7 @@ def test_four_workers_keep_two_at_once_through_pause_and_a_killed_worker(r, code
 
 
 def test_four_workers_keep_the_download_delay(r, code, redis_url):
-    host = CountingHost("127.0.0.1", pages=30).start()
+    host = CountingHost("127.0.0.1", pages=20).start()
     try:
         procs = _crawl(r, code, redis_url, [host], 4, DOWNLOAD_DELAY=0.25, RANDOMIZE_DOWNLOAD_DELAY=False)
         conduct(r, code, procs, timeout=120)
