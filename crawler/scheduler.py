@@ -36,6 +36,13 @@
     (:meth:`RedisScheduler.return_unknown_leases`).
   - Without a reactor (``CRAWLSITE_IDLE_POLL`` 0, unit tests), pops wait for their reply, with
     the buffered writes in the same round trip; ``flush()`` always waits (idle tick, close, tests).
+* Politeness (:mod:`crawler.politeness`): the pop takes only requests of domains eligible now
+  (per-domain concurrency and delay, crawl-wide). When work is queued but no domain is eligible,
+  it answers ``wait`` with the time until the earliest may be: the scheduler pops again then
+  (a reactor timer; the tick does not pop before), or at once when a write batch of its own came
+  back (its releases gave slots back); the time spent so is counted in
+  ``crawlsite/polite_wait_ms``. On open, Scrapy's own per-slot limits are loosened so that they
+  never bind first; with AutoThrottle on, each response's latency is written with the next batch.
 * Idle wake-up: Scrapy's engine polls an empty scheduler only every 5 seconds (its slot
   heartbeat) unless something calls ``engine.crawl()``. When the last pop found the queue empty,
   a looping call (``CRAWLSITE_IDLE_POLL``, default 0.1 s) pops again, and its reply wakes the
