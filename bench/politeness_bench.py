@@ -49,7 +49,7 @@ def run_crawl(redis_url, tree, hosts, workers, settings):
     """One crawl of ``hosts`` by ``workers`` processes of the code in ``tree``; returns its numbers."""
     import redis as redis_lib
 
-    from crawler import state
+    from crawler import keys, state
 
     r = redis_lib.Redis.from_url(redis_url, decode_responses=True)
     for h in hosts:
@@ -93,8 +93,10 @@ def run_crawl(redis_url, tree, hosts, workers, settings):
     starts = sorted(t for h in hosts for t in h.starts)
     served = len(starts)
     elapsed = (starts[-1] - starts[0]) if served > 1 else 0.0
+    waited = int(r.hget(keys.stats(code), "polite_wait_ms") or 0) / 1000.0
     state.delete_crawl(r, code)
     return {
+        "polite_wait_s": waited,
         "pages": served, "complete": sum(len(set(h.paths)) for h in hosts) == total,
         "pages_per_s": served / elapsed if elapsed else 0.0, "cpu_ms_per_page": 1000 * cpu / max(1, served),
         "max_concurrent": max(h.max_concurrent for h in hosts), "max_rate_1s": max(h.max_in_window(1.0) for h in hosts),
@@ -160,12 +162,13 @@ def report(args, rows, delay):
         f"Many-domain site: {args.hosts} local host names x {args.pages} pages, each answered after "
         f"{int(PAGE_DELAY * 1000)} ms; {args.workers} workers, CONCURRENT_REQUESTS 16 each.",
         "",
-        "| crawl | CONCURRENT_REQUESTS_PER_DOMAIN | pages | pages/s | CPU ms/page | max concurrent on a host |",
-        "|---|---|---|---|---|---|",
+        "| crawl | CONCURRENT_REQUESTS_PER_DOMAIN | pages | pages/s | CPU ms/page | max concurrent on a host | workers waited for politeness (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (name, limit), row in rows.items():
         lines.append(f"| {name} | {limit} | {row['pages']}{'' if row['complete'] else ' (incomplete)'} | "
-                     f"{row['pages_per_s']:.1f} | {row['cpu_ms_per_page']:.1f} | {row['max_concurrent']} |")
+                     f"{row['pages_per_s']:.1f} | {row['cpu_ms_per_page']:.1f} | {row['max_concurrent']} | "
+                     f"{row['polite_wait_s']:.1f} |")
     lines += [
         "",
         f"Limiter cost, with a limit that never binds (16 per domain, 32 requests in flight in all): pages/s "
