@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 BENCHES = ["engine_bench", "live_bench", "control_bench", "export_bench", "conductor_bench", "schedule_bench",
-           "coverage_bench"]
+           "coverage_bench", "politeness_bench"]
 
 
 def main():

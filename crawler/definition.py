@@ -40,14 +40,14 @@ _HOST_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-
 # name -> {type, min, max, default, help}; the only Scrapy settings a definition may set.
 ALLOWED_SETTINGS: dict[str, dict[str, Any]] = {
     "CONCURRENT_REQUESTS": {"type": int, "min": 1, "max": 256, "default": 16,
-                            "help": "Maximum concurrent requests per worker."},
+                            "help": "Maximum concurrent requests of each worker (all domains together)."},
     "CONCURRENT_REQUESTS_PER_DOMAIN": {"type": int, "min": 1, "max": 256, "default": 8,
-                                       "help": "Maximum concurrent requests to one domain per worker."},
+                                       "help": "Maximum requests in flight to one domain across the whole crawl (all workers together)."},
     "DOWNLOAD_DELAY": {"type": float, "min": 0.0, "max": 60.0, "default": 0.0,
-                       "help": "Seconds between requests to the same domain (per worker)."},
+                       "help": "Minimum seconds between two requests to the same domain across the whole crawl (all workers together)."},
     "RANDOMIZE_DOWNLOAD_DELAY": {"type": bool, "default": True,
                                  "help": "Wait 0.5x to 1.5x DOWNLOAD_DELAY."},
-    "AUTOTHROTTLE_ENABLED": {"type": bool, "default": False, "help": "Adapt the delay to the server's latency."},
+    "AUTOTHROTTLE_ENABLED": {"type": bool, "default": False, "help": "Adapt each domain's delay to its latency, measured by all workers and shared by the crawl."},
     "AUTOTHROTTLE_START_DELAY": {"type": float, "min": 0.0, "max": 60.0, "default": 5.0,
                                  "help": "Initial AutoThrottle delay (seconds)."},
     "AUTOTHROTTLE_MAX_DELAY": {"type": float, "min": 0.0, "max": 600.0, "default": 60.0,

@@ -30,6 +30,7 @@ import logging
 from typing import TYPE_CHECKING, Iterable
 
 from . import keys, scripts
+from .politeness import slot_of_json
 
 if TYPE_CHECKING:
     import redis
@@ -95,13 +96,13 @@ class RedisDupeFilter:
         """The script call enqueueing ``entries`` (None if the local cache answered for all of
         them), and one flag per entry: False = known duplicate, None = Redis decides (the call
         returns one flag, 1 = enqueued, per such entry, in order)."""
-        args: list = [0]
+        args: list = [0, keys.slot_queue_prefix(self.code)]
         bucket_keys: dict[int, int] = {}
-        kv: list[str] = [self.queue_key, self.stats_key]
+        kv: list[str] = [self.queue_key, self.stats_key, keys.slots(self.code)]
         local: list[bool | None] = []
         for fp, priority, data in entries:
             if fp is None:
-                args += [0, 0, int(priority), data]
+                args += [0, 0, int(priority), data, slot_of_json(data)]
                 local.append(None)
                 continue
             ck = fp[:12]
@@ -113,11 +114,11 @@ class RedisDupeFilter:
             if bucket not in bucket_keys:
                 kv.append(keys.seen_bucket(self.code, bucket))
                 bucket_keys[bucket] = len(kv)
-            args += [bucket_keys[bucket], value, int(priority), data]
+            args += [bucket_keys[bucket], value, int(priority), data, slot_of_json(data)]
             local.append(None)
             self._remember(ck)  # whatever Redis answers, it is seen from now on
         self.local_duplicates += args[0]
-        if len(args) == 1:  # nothing for Redis: report local duplicates with the next batch
+        if len(args) == 2:  # nothing for Redis: report local duplicates with the next batch
             self._unreported += args[0]
             return None, local
         args[0] += self._unreported

@@ -70,6 +70,62 @@ def leases_pattern(code: str) -> str:
     return _key(code, "leases") + ":*"
 
 
+# Politeness (crawler.politeness): per-domain ("slot") limits shared by the crawl's workers.
+
+
+def slots(code: str) -> str:
+    """ZSET: slot (a host name) with queued requests -> the time (ms, Redis clock) it may be popped
+    from next; a slot at its concurrency limit is parked far in the future until a lease is released."""
+    return _key(code, "slots")
+
+
+def slot_queue_prefix(code: str) -> str:
+    """Prefix of the per-slot ZSETs (``slotq:HOST``): sequence number -> the request's queue score."""
+    return _key(code, "slotq") + ":"
+
+
+def politeness(code: str) -> str:
+    """HASH: the crawl's politeness settings (limit, delay, jitter, AutoThrottle), written by its workers."""
+    return _key(code, "polite")
+
+
+def in_flight(code: str) -> str:
+    """HASH: slot -> requests leased (popped and not finished) crawl-wide."""
+    return _key(code, "inflight")
+
+
+def slot_next_prefix(code: str) -> str:
+    """Prefix of ``next:HOST`` STRINGs whose PX expiry is the delay left before that slot's next request."""
+    return _key(code, "next") + ":"
+
+
+def throttle(code: str) -> str:
+    """HASH: slot -> AutoThrottle delay (ms) computed from the latencies every worker reports."""
+    return _key(code, "throttle")
+
+
+def slot_pops(code: str) -> str:
+    """ZSET: slot -> requests popped so far (top domains, rates on the live page)."""
+    return _key(code, "slotpops")
+
+
+# Site-wide budget (CRAWLSITE_SITE_LIMITS): the same in-flight counts, delays and AutoThrottle
+# delays shared by every crawl. These keys carry no crawl hash tag: site-wide limits need one Redis
+# (not a Cluster), see docs/crawler.md.
+
+
+def site_in_flight() -> str:
+    return f"{PREFIX}:site:inflight"
+
+
+def site_next_prefix() -> str:
+    return f"{PREFIX}:site:next:"
+
+
+def site_throttle() -> str:
+    return f"{PREFIX}:site:throttle"
+
+
 def retired(code: str) -> str:
     """SET of worker ids asked to leave (scale down): they drain, hand back leases and exit."""
     return _key(code, "retired")

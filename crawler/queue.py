@@ -5,8 +5,12 @@ its first key (``{"seq":42,...}``) by the enqueue script (see :mod:`crawler.dupe
 two equal requests (``dont_filter``) stay distinct members. The sequence number is also the
 lease id. Score: ``-priority * 2**32 + seq``: higher priority first, then first in, first out.
 
-Pop is one Lua step (``scripts.POP``): ZPOPMIN of up to ``count`` requests, HSET
-``leases:WORKER`` seq -> member for each, HINCRBY ``stats.popped``; it never pops past
+Each request is also queued in its slot's queue (its host, see :mod:`crawler.politeness`), and
+the member carries its slot (``{"seq":42,"slot":"example.com",...}``).
+
+Pop is one Lua step (``scripts.POP``): up to ``count`` requests of the slots eligible now (the
+per-domain limits, crawl-wide), HSET ``leases:WORKER`` seq -> member for each, HINCRBY
+``stats.popped``; it never pops past
 ``max_pages - popped`` and refuses (and sets ``stats['limit:max_pages']``) once ``popped`` reached
 ``max_pages``, so a page limit holds exactly across workers, batch or not. Returning leases (a
 worker retiring, or the reaper after a heartbeat expired) moves every member of ``leases:WORKER``
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.http import Request
 from scrapy.utils.request import request_from_dict
 
-from . import keys, scripts
+from . import keys, politeness, scripts
 
 if TYPE_CHECKING:
     import redis
@@ -77,7 +81,9 @@ def _request_dict(request: Request, spider: Spider | None) -> dict[str, Any]:
     if d.get("headers"):
         d["headers"] = {k.decode("latin-1"): [v.decode("latin-1") for v in vs] for k, vs in d["headers"].items()}
     meta = {}
-    for key, value in (d.get("meta") or {}).items():
+    source = dict(d.get("meta") or {})
+    politeness.unmark(source)
+    for key, value in source.items():
         if key.startswith("_cs_") or key in ("download_latency", "download_slot"):
             continue
         if _jsonable(value):
@@ -112,6 +118,7 @@ def request_from_json(data: str, spider: Spider | None = None) -> tuple[Request,
     fingerprint it was enqueued with (None if it carries none)."""
     d = json.loads(data)
     seq = d.pop("seq", None)
+    d.pop("slot", None)
     fp = d.pop("fp", None)
     body = d.pop("body_b64", None)
     if body is not None:
@@ -145,17 +152,21 @@ class RequestQueue:
 
     def pop_call(self, max_pages: int = 0, count: int = 1) -> scripts.Call:
         """The pop of :meth:`pop_many` as a call, to run with others; :meth:`popped` reads its result."""
-        return scripts.POP.call([self.queue_key, self.leases_key, self.stats_key],
-                                [int(max_pages), max(1, int(count))])
+        return scripts.POP.call([self.queue_key, self.leases_key, self.stats_key, *politeness.pop_keys(self.code)],
+                                [int(max_pages), max(1, int(count)), *politeness.pop_args(self.code)])
 
     @staticmethod
     def popped(result: list[Any]) -> tuple[str, list[str]]:
+        """``(status, members)``; for ``wait`` (no slot eligible now, politeness) the one value is
+        the milliseconds until the earliest slot may be."""
         result = [r.decode() if isinstance(r, bytes) else r for r in result]
         return result[0], result[1:]
 
     def release_call(self, lease_ids: list[str]) -> scripts.Call:
-        """Forget finished leases (their outcome is in Redis already): a call for ``scripts.run``."""
-        return scripts.RELEASE.call([self.leases_key, self.stats_key], list(lease_ids))
+        """Forget finished leases (their outcome is in Redis already) and give their slots back: a
+        call for ``scripts.run``."""
+        return scripts.RELEASE.call([self.leases_key, self.stats_key, *politeness.release_keys(self.code)],
+                                    list(lease_ids))
 
     def release(self, lease_ids: list[str]) -> int:
         if not lease_ids:
@@ -165,7 +176,8 @@ class RequestQueue:
     def return_call(self, lease_ids: list[str]) -> scripts.Call:
         """Put the requests of these leases of this worker back in the queue: a call for
         ``scripts.run`` or a channel (running it twice puts them back once)."""
-        return scripts.RETURN_LEASES.call([self.leases_key, self.queue_key, self.stats_key], list(lease_ids))
+        return scripts.RETURN_LEASES.call(_return_keys(self.code, self.worker),
+                                          [keys.slot_queue_prefix(self.code), *lease_ids])
 
     def return_leases(self, worker: str | None = None) -> int:
         """Put every request leased by ``worker`` (default: this one) back in the queue."""
@@ -180,5 +192,8 @@ def return_leases(redis: redis.Redis, code: str, worker: str, ids: list[str] | N
     crawl's queue; return how many."""
     if ids is not None and not ids:
         return 0
-    return int(scripts.RETURN_LEASES(redis, [keys.leases(code, worker), keys.queue(code), keys.stats(code)],
-                                     list(ids or [])))
+    return int(scripts.RETURN_LEASES(redis, _return_keys(code, worker), [keys.slot_queue_prefix(code), *(ids or [])]))
+
+
+def _return_keys(code: str, worker: str) -> list[str]:
+    return [keys.leases(code, worker), keys.queue(code), keys.stats(code), *politeness.release_keys(code)]

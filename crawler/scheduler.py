@@ -36,6 +36,13 @@
     (:meth:`RedisScheduler.return_unknown_leases`).
   - Without a reactor (``CRAWLSITE_IDLE_POLL`` 0, unit tests), pops wait for their reply, with
     the buffered writes in the same round trip; ``flush()`` always waits (idle tick, close, tests).
+* Politeness (:mod:`crawler.politeness`): the pop takes only requests of domains eligible now
+  (per-domain concurrency and delay, crawl-wide). When work is queued but no domain is eligible,
+  it answers ``wait`` with the time until the earliest may be: the scheduler pops again then
+  (a reactor timer; the tick does not pop before), or at once when a write batch of its own came
+  back (its releases gave slots back); the time spent so is counted in
+  ``crawlsite/polite_wait_ms``. On open, Scrapy's own per-slot limits are loosened so that they
+  never bind first; with AutoThrottle on, each response's latency is written with the next batch.
 * Idle wake-up: Scrapy's engine polls an empty scheduler only every 5 seconds (its slot
   heartbeat) unless something calls ``engine.crawl()``. When the last pop found the queue empty,
   a looping call (``CRAWLSITE_IDLE_POLL``, default 0.1 s) pops again, and its reply wakes the
@@ -45,13 +52,15 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from scrapy import signals
 from scrapy.core.scheduler import BaseScheduler
 from twisted.internet import task
 
-from . import keys, scripts
+from . import keys, politeness, scripts
 from .connection import get_redis
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
 from .middlewares import Lease, LeaseTracker
@@ -71,7 +80,8 @@ class RedisScheduler(BaseScheduler):
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, fingerprinter: Any,
                  crawler: Crawler | None = None, tracker: LeaseTracker | None = None,
                  max_pages: int = 0, buckets: int = DEFAULT_BUCKETS, batch_size: int = 100,
-                 pop_batch: int = 8, idle_poll: float = 0.1, stats: Any = None):
+                 pop_batch: int = 8, idle_poll: float = 0.1, stats: Any = None,
+                 limits: politeness.Limits | None = None):
         self.redis = redis
         self.code = keys.validate_code(code)
         self.worker = keys.validate_worker(worker)
@@ -102,6 +112,11 @@ class RedisScheduler(BaseScheduler):
         self._filtered = 0  # duplicates found in the local cache, not yet in the stats
         self._losses_seen = 0  # connection losses of the channel already looked after
         self._refused_schemes = LogLimit()
+        self.limits = limits if limits is not None else politeness.Limits()
+        self._latencies: list[tuple[str, float, int]] = []  # AutoThrottle samples not yet sent
+        self._wait_started: float | None = None  # since when pops find no slot eligible
+        self._pop_not_before = 0.0  # monotonic time before which a starved worker does not pop
+        self._wait_call: Any = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisScheduler:
@@ -119,11 +134,19 @@ class RedisScheduler(BaseScheduler):
             pop_batch=s.getint("CRAWLSITE_POP_BATCH", 8),
             idle_poll=s.getfloat("CRAWLSITE_IDLE_POLL", 0.1),
             stats=crawler.stats,
+            limits=politeness.Limits.from_settings(s),
         )
 
     # -- Scrapy scheduler API ------------------------------------------------------------------
     def open(self, spider: Spider) -> None:
         self.spider = spider
+        politeness.write_limits(self.redis, self.code, self.limits)
+        engine = getattr(self.crawler, "engine", None)
+        if engine is not None:  # the shared limits rule: Scrapy's own per-slot ones never bind first
+            politeness.loosen_downloader(engine.downloader)
+        crawler_signals = getattr(self.crawler, "signals", None)
+        if crawler_signals is not None and self.limits.autothrottle:  # latencies for the shared AutoThrottle
+            crawler_signals.connect(self.response_downloaded, signal=signals.response_downloaded)
         if self.idle_poll > 0:  # under a running reactor: pops and writes do not wait for Redis
             from twisted.internet import reactor
 
@@ -136,7 +159,10 @@ class RedisScheduler(BaseScheduler):
     def close(self, reason: str) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._wait_call is not None and self._wait_call.active():
+            self._wait_call.cancel()
         self._closing = True
+        self._done_waiting()
         self.channel.wait()  # a pop in flight lands in the ready queue, and goes back with it
         for request in self._ready:  # popped, never started: back to the queue with the rest
             self.tracker.forget(request)
@@ -293,6 +319,10 @@ class RedisScheduler(BaseScheduler):
     def _lease(self, result: list[Any]) -> int:
         """Take the requests of a pop's result into the ready queue; return how many."""
         status, members = self.queue.popped(result)
+        if status == "wait":  # work is queued, but no slot may be fetched from yet (politeness)
+            self._polite_wait(int(members[0]) / 1000.0 if members else self.idle_poll)
+            return 0
+        self._done_waiting()
         if status != "ok":
             if status == "limit" and not self.limit_reached:
                 logger.info("Page limit (%d) reached for crawl %s", self.max_pages, self.code)
@@ -303,9 +333,42 @@ class RedisScheduler(BaseScheduler):
             if fp is None:  # dont_filter requests are enqueued without one
                 fp = self.fingerprinter.fingerprint(request)
             self.tracker.add(lease_id, request, fp.hex())
+            politeness.mark_popped(request)
             self._ready.append(request)
         self._inc("crawlsite/popped", len(members))
         return len(members)
+
+    def _polite_wait(self, seconds: float) -> None:
+        """No slot is eligible for ``seconds``: pop again then (not before), and count the wait."""
+        now = time.monotonic()
+        if self._wait_started is None:
+            self._wait_started = now
+        self._pop_not_before = now + seconds
+        if self.channel.reactor is not None and not self._closing:
+            if self._wait_call is None or not self._wait_call.active():
+                self._wait_call = self.channel.reactor.callLater(seconds, self._wait_over)
+
+    def _wait_over(self) -> None:
+        self._wait_call = None
+        engine = getattr(self.crawler, "engine", None)
+        if self._starved and not self._ready and not self._waking and not self._closing and (
+                engine is None or not engine.paused):
+            self._pop_soon(self._free_slots())
+
+    def _done_waiting(self) -> None:
+        """A pop got requests (or found the queue empty): the politeness wait, if any, is over."""
+        self._pop_not_before = 0.0
+        if self._wait_started is not None:
+            self._inc("crawlsite/polite_wait_ms", int((time.monotonic() - self._wait_started) * 1000))
+            self._wait_started = None
+
+    def response_downloaded(self, response: Any, request: Any, spider: Any = None) -> None:
+        """A latency for the shared AutoThrottle (sent with the next write batch)."""
+        latency = request.meta.get("download_latency")
+        if latency is None or request.meta.get(politeness.USER_NO_THROTTLE):
+            return
+        self._latencies.append((politeness.slot_of(request.url), float(latency), int(response.status)))
+        self.schedule_flush()
 
     def _lease_done(self, lease: Lease) -> None:
         self._inc(f"crawlsite/leases_released/{lease.released_in}")
@@ -341,11 +404,16 @@ class RedisScheduler(BaseScheduler):
         if isinstance(result, Exception):
             logger.error("Writing to Redis failed: %s", result)
         written(result)
+        if self._pop_not_before and not isinstance(result, Exception):
+            # releases gave slots back: a worker waiting for politeness looks again now
+            self._pop_not_before = 0.0
+            self._wait_over()
         if self._has_writes():
             self.schedule_flush()
 
     def _has_writes(self) -> bool:
-        return bool(self._buffer or self._to_release or (self.item_writer is not None and self.item_writer.buffered))
+        return bool(self._buffer or self._to_release or self._latencies
+                    or (self.item_writer is not None and self.item_writer.buffered))
 
     def flush(self) -> None:
         """Write buffered requests, then buffered items, then release finished leases: one round
@@ -376,11 +444,15 @@ class RedisScheduler(BaseScheduler):
         """The buffered writes as script calls (new requests, items, releases, in this order) and
         the function to call with their results (or the error); None if nothing is buffered."""
         items = self.item_writer.take_batch() if self.item_writer is not None else None
-        if not self._buffer and not self._to_release and items is None:
+        if not self._buffer and not self._to_release and items is None and not self._latencies:
             return None
         buffer, self._buffer = self._buffer, []
         release, self._to_release = self._to_release, []
         calls = []
+        if self._latencies:  # first: its result is not read
+            calls.append(politeness.throttle_call(self.code, self._latencies))
+            self._latencies = []
+        first = len(calls)
         enqueue = self.df.enqueue_call(buffer)[0] if buffer else None
         if enqueue is not None:
             calls.append(enqueue)
@@ -394,6 +466,7 @@ class RedisScheduler(BaseScheduler):
                 if items is not None:
                     self.item_writer.batch_written(items[1], results)
                 return
+            results = results[first:]
             new = sum(int(f) for f in results[0]) if enqueue is not None else 0
             if new:
                 self._inc("crawlsite/enqueued", new)
@@ -456,7 +529,8 @@ class RedisScheduler(BaseScheduler):
                 self.sweep()  # releases are sent when control returns to the reactor
             if engine.paused and self._ready and not self._waking:
                 self.return_unstarted()  # a safety net: Control and the pop reply do it already
-            if self._starved and not engine.paused and not self._ready and not self._waking:
+            if (self._starved and not engine.paused and not self._ready and not self._waking
+                    and time.monotonic() >= self._pop_not_before):
                 self._pop_soon(self._free_slots())  # its reply wakes the engine
         except Exception:
             logger.exception("Redis scheduler tick failed")

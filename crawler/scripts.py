@@ -271,14 +271,17 @@ class _ReplyReader:
 
 
 # -- dedupe and enqueue (crawler.dupefilter) --------------------------------------------------------
-# KEYS: queue, stats, bucket keys...
-# ARGV: local_duplicates, then per request 4 values: bucket key index (0 = dont_filter),
-#       fingerprint as a decimal int64, priority, request JSON (starting with '{')
+# KEYS: queue, stats, slots, bucket keys...
+# ARGV: local_duplicates, slot queue prefix, then per request 5 values: bucket key index
+#       (0 = dont_filter), fingerprint as a decimal int64, priority, request JSON (starting with
+#       '{'), slot (host name)
 # -> one flag per request: 1 enqueued, 0 duplicate
+# Each request goes in the crawl's queue (member: the JSON with its seq and slot) and, by its seq
+# with the same score, in its slot's queue; the slot is listed in ``slots`` (ready at once if new).
 ENQUEUE = Script("""
 local out = {}
 local seen, enq, dup = 0, 0, tonumber(ARGV[1])
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 5 do
   local b = tonumber(ARGV[i])
   local fresh = 1
   if b > 0 then
@@ -287,9 +290,12 @@ for i = 2, #ARGV, 4 do
   end
   if fresh == 1 then
     local seq = redis.call('HINCRBY', KEYS[2], 'enqueued', 1)
-    local score = -tonumber(ARGV[i + 2]) * 4294967296 + seq
-    local member = '{"seq":' .. seq .. ',' .. string.sub(ARGV[i + 3], 2)
-    redis.call('ZADD', KEYS[1], string.format('%.0f', score), member)
+    local score = string.format('%.0f', -tonumber(ARGV[i + 2]) * 4294967296 + seq)
+    local slot = ARGV[i + 4]
+    local member = '{"seq":' .. seq .. ',"slot":' .. cjson.encode(slot) .. ',' .. string.sub(ARGV[i + 3], 2)
+    redis.call('ZADD', KEYS[1], score, member)
+    redis.call('ZADD', ARGV[2] .. slot, score, seq)
+    redis.call('ZADD', KEYS[3], 'NX', 0, slot)
     enq = enq + 1
   else
     dup = dup + 1
@@ -301,10 +307,35 @@ if dup > 0 then redis.call('HINCRBY', KEYS[2], 'duplicates', dup) end
 return out
 """)
 
-# -- the request queue and leases (crawler.queue) ----------------------------------------------------
-# KEYS: queue, leases, stats   ARGV: max_pages (0 = no limit), count (at most this many)
-# -> {"ok", member, ...} | {"empty"} | {"limit"}
-POP = Script("""
+# Shared by the scripts that end leases: the slot of a queue member, and giving its slot back
+# (one request less in flight; a slot parked at its limit becomes ready again).
+_SLOTS_LUA = """
+local BLOCKED = 4503599627370496
+local function slot_of(member)
+  return string.match(member, '^{"seq":%d+,"slot":"([^"]*)"')
+end
+local function give_back(inflight, slots, slot)
+  if redis.call('HINCRBY', inflight, slot, -1) <= 0 then redis.call('HDEL', inflight, slot) end
+  local score = redis.call('ZSCORE', slots, slot)
+  if score and tonumber(score) >= BLOCKED then redis.call('ZADD', slots, 'XX', 0, slot) end
+end
+"""
+
+# -- the request queue and leases (crawler.queue, crawler.politeness) ---------------------------------
+# KEYS: queue, leases, stats, slots, politeness, crawl in-flight, site in-flight, crawl throttle,
+#       site throttle, slot pops
+# ARGV: max_pages (0 = no limit), count (at most this many), a random number in [0, 1) (jitter),
+#       slot queue prefix, crawl next prefix, site next prefix
+# -> {"ok", member, ...} | {"empty"} | {"limit"} | {"wait", ms until a slot may be ready}
+# A slot is eligible when its score in ``slots`` (ready time) has passed, its ``next:`` key has
+# expired (the delay since its last request) and fewer than ``limit`` of its requests are in
+# flight crawl-wide (or site-wide). Taking a request: ZPOPMIN of the slot's queue, the member found
+# in the crawl's queue by its unique score, leased; then the slot is in flight once more, its next
+# request waits ``delay`` (AutoThrottle's shared delay if on, jittered if asked), and it is
+# re-scored: removed (no request left), parked (at its limit) or ready at now + delay. Time is
+# Redis's (TIME), never a worker's clock. Queue entries without slots (enqueued before this
+# scheme) are popped as before once no slot has requests.
+POP = Script(_SLOTS_LUA + """
 local max_pages = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
 if max_pages > 0 then
@@ -315,32 +346,115 @@ if max_pages > 0 then
   end
   count = math.min(count, max_pages - popped)
 end
-local got = redis.call('ZPOPMIN', KEYS[1], count)
-if #got == 0 then return {'empty'} end
 local out = {'ok'}
-for i = 1, #got, 2 do
-  local member = got[i]
-  local seq = string.match(member, '^{"seq":(%d+),')
-  redis.call('HSET', KEYS[2], seq, member)
-  out[#out + 1] = member
+if redis.call('ZCARD', KEYS[4]) == 0 then
+  local got = redis.call('ZPOPMIN', KEYS[1], count)
+  if #got == 0 then return {'empty'} end
+  for i = 1, #got, 2 do
+    local member = got[i]
+    redis.call('HSET', KEYS[2], string.match(member, '^{"seq":(%d+),'), member)
+    out[#out + 1] = member
+  end
+else
+  local cfg = redis.call('HMGET', KEYS[5], 'limit', 'delay', 'jitter', 'autothrottle', 'start', 'site')
+  local limit = tonumber(cfg[1]) or 0
+  local delay = tonumber(cfg[2]) or 0
+  local jitter = tonumber(cfg[3]) or 0
+  local auto = cfg[4] == '1'
+  local start = tonumber(cfg[5]) or delay
+  local inflight, throttle, nextp = KEYS[6], KEYS[8], ARGV[5]
+  if cfg[6] == '1' then inflight, throttle, nextp = KEYS[7], KEYS[9], ARGV[6] end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- a slot at its limit waits for a release of this crawl; site-wide, another crawl's release
+  -- does not re-score it, so it is looked at again soon
+  local parked = BLOCKED
+  if cfg[6] == '1' then parked = now + 100 end
+  local rnd = tonumber(ARGV[3]) or 0
+  local steps = 0
+  while #out <= count and steps < count + 100 do
+    steps = steps + 1
+    local ready = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1)
+    if #ready == 0 then break end
+    local slot = ready[1]
+    local qkey = ARGV[4] .. slot
+    local wait = redis.call('PTTL', nextp .. slot)
+    local busy = tonumber(redis.call('HGET', inflight, slot) or '0')
+    if wait > 0 then
+      redis.call('ZADD', KEYS[4], now + wait, slot)
+    elseif limit > 0 and busy >= limit then
+      redis.call('ZADD', KEYS[4], parked, slot)
+    else
+      local head = redis.call('ZPOPMIN', qkey)
+      if #head == 0 then
+        redis.call('ZREM', KEYS[4], slot)
+      else
+        local found = redis.call('ZRANGEBYSCORE', KEYS[1], head[2], head[2], 'LIMIT', 0, 1)
+        if #found > 0 then
+          local member = found[1]
+          redis.call('ZREMRANGEBYSCORE', KEYS[1], head[2], head[2])
+          redis.call('HSET', KEYS[2], head[1], member)
+          out[#out + 1] = member
+          busy = busy + 1
+          redis.call('HSET', inflight, slot, busy)
+          redis.call('ZINCRBY', KEYS[10], 1, slot)
+          local d = delay
+          if auto then d = tonumber(redis.call('HGET', throttle, slot) or start) end
+          if jitter > 0 and d > 0 then
+            rnd = (rnd + 0.6180339887) % 1
+            d = d * (1 - jitter + 2 * jitter * rnd)
+          end
+          d = math.floor(d)
+          if d > 0 then redis.call('SET', nextp .. slot, '1', 'PX', d) end
+          if redis.call('ZCARD', qkey) == 0 then
+            redis.call('ZREM', KEYS[4], slot)
+          elseif limit > 0 and busy >= limit then
+            redis.call('ZADD', KEYS[4], parked, slot)
+          else
+            redis.call('ZADD', KEYS[4], now + d, slot)
+          end
+        end
+      end
+    end
+  end
+  if #out == 1 then
+    if redis.call('ZCARD', KEYS[1]) == 0 then return {'empty'} end
+    -- until the earliest slot is ready; a slot parked at its limit waits for a release, which
+    -- another worker may make at any time: look again soon
+    local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    local wait = 100
+    if #first > 0 then wait = math.max(1, math.min(1000, tonumber(first[2]) - now)) end
+    if #first > 0 and tonumber(first[2]) >= BLOCKED then wait = 100 end
+    return {'wait', tostring(wait)}
+  end
 end
 redis.call('HINCRBY', KEYS[3], 'popped', #out - 1)
 redis.call('HINCRBY', KEYS[3], 'leased', #out - 1)
 return out
 """)
 
-# KEYS: leases, queue, stats   ARGV: lease ids (none: every lease) -> number of requests put back
-RETURN_LEASES = Script("""
-local ids = ARGV
+# KEYS: leases, queue, stats, slots, politeness, crawl in-flight, site in-flight
+# ARGV: slot queue prefix, then lease ids (none: every lease) -> number of requests put back
+RETURN_LEASES = Script(_SLOTS_LUA + """
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then ids = redis.call('HKEYS', KEYS[1]) end
+local inflight = KEYS[6]
+if redis.call('HGET', KEYS[5], 'site') == '1' then inflight = KEYS[7] end
 local n = 0
 for _, id in ipairs(ids) do
   local member = redis.call('HGET', KEYS[1], id)
   if member then
     local req = cjson.decode(member)
     local prio = tonumber(req['priority']) or 0
-    local score = -prio * 4294967296 + tonumber(req['seq'])
-    redis.call('ZADD', KEYS[2], string.format('%.0f', score), member)
+    local score = string.format('%.0f', -prio * 4294967296 + tonumber(req['seq']))
+    redis.call('ZADD', KEYS[2], score, member)
+    local slot = req['slot']
+    if type(slot) == 'string' then
+      give_back(inflight, KEYS[4], slot)
+      redis.call('ZADD', ARGV[1] .. slot, score, req['seq'])
+      redis.call('ZADD', KEYS[4], 'NX', 0, slot)
+    end
     redis.call('HDEL', KEYS[1], id)
     n = n + 1
   end
@@ -353,12 +467,51 @@ end
 return n
 """)
 
-# KEYS: leases, stats   ARGV: lease ids -> number released
-RELEASE = Script("""
+# KEYS: leases, stats, slots, politeness, crawl in-flight, site in-flight   ARGV: lease ids
+# -> number released (each gives its slot back)
+RELEASE = Script(_SLOTS_LUA + """
+local inflight = KEYS[5]
+if redis.call('HGET', KEYS[4], 'site') == '1' then inflight = KEYS[6] end
 local n = 0
-for i = 1, #ARGV do n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 1, #ARGV do
+  local member = redis.call('HGET', KEYS[1], ARGV[i])
+  if member then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+    local slot = slot_of(member)
+    if slot then give_back(inflight, KEYS[3], slot) end
+  end
+end
 if n > 0 then redis.call('HINCRBY', KEYS[2], 'leased', -n) end
 return n
+""")
+
+# KEYS: politeness, crawl throttle, site throttle
+# ARGV: per response 3 values: slot, latency (ms), status  -> number of slot delays changed
+# Scrapy's AutoThrottle rule, on the delay shared by every worker: the target delay is
+# latency / target concurrency; the new delay is the larger of that and the mean of the old delay
+# and that, kept between the minimum (DOWNLOAD_DELAY) and AUTOTHROTTLE_MAX_DELAY; a non-200
+# response never lowers it.
+THROTTLE = Script("""
+local cfg = redis.call('HMGET', KEYS[1], 'target', 'delay', 'max', 'start', 'site')
+local target = tonumber(cfg[1]) or 1
+local low = tonumber(cfg[2]) or 0
+local high = tonumber(cfg[3]) or 60000
+local start = tonumber(cfg[4]) or low
+local key = KEYS[2]
+if cfg[5] == '1' then key = KEYS[3] end
+local changed = 0
+for i = 1, #ARGV, 3 do
+  local slot = ARGV[i]
+  local old = tonumber(redis.call('HGET', key, slot) or start)
+  local want = tonumber(ARGV[i + 1]) / target
+  local new = math.min(math.max(low, math.max(want, (old + want) / 2)), high)
+  if ARGV[i + 2] == '200' or new > old then
+    redis.call('HSET', key, slot, math.floor(new))
+    changed = changed + 1
+  end
+end
+return changed
 """)
 
 # -- items (crawler.pipelines) -----------------------------------------------------------------------

@@ -9,10 +9,10 @@ from redis.exceptions import ResponseError
 from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
-from . import keys
+from . import keys, politeness
 from .counters import COUNTERS, STATS_FIELD
 from .dupefilter import DEFAULT_BUCKETS, RedisDupeFilter
-from .queue import request_to_json
+from .queue import request_to_json, return_leases
 
 if TYPE_CHECKING:
     import redis
@@ -38,7 +38,7 @@ def read_counters(redis: redis.Redis, code: str) -> dict[str, Any]:
 
 
 # Commands :func:`queue_counter_reads` adds to a pipeline (to read many crawls in one round trip).
-COUNTER_READS = 5
+COUNTER_READS = 5 + politeness.READS
 
 
 def queue_counter_reads(pipe: Any, code: str) -> None:
@@ -48,10 +48,11 @@ def queue_counter_reads(pipe: Any, code: str) -> None:
     pipe.hgetall(keys.workers(code))
     pipe.get(keys.control(code))
     pipe.hgetall(keys.fields(code))
+    politeness.queue_reads(pipe, code)
 
 
 def parse_counters(replies: list[Any]) -> dict[str, Any]:
-    queued, stats, states, control, fields = replies[:COUNTER_READS]
+    queued, stats, states, control, fields = replies[:5]
     stats = stats or {}
     parsed = {}
     for worker, raw in (states or {}).items():
@@ -84,6 +85,7 @@ def parse_counters(replies: list[Any]) -> dict[str, Any]:
         "stats": {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in stats.items()},
         "control": control or "",
         "coverage": coverage(fields or {}, counters["items"]),
+        "politeness": politeness.parse_reads(replies[5:COUNTER_READS], stats),
     })
     return counters
 
@@ -153,6 +155,11 @@ def launch(redis: redis.Redis, code: str, definition: dict, buckets: int = DEFAU
 
 
 def delete_crawl(redis: redis.Redis, code: str) -> int:
-    """Delete every key of a crawl (a cancelled crawl)."""
+    """Delete every key of a crawl (a cancelled crawl). With a site-wide budget, its leases are
+    given back first: the shared in-flight counts outlive the crawl."""
+    if redis.hget(keys.politeness(code), "site") in ("1", b"1"):
+        for key in redis.scan_iter(match=keys.leases_pattern(code), count=1000):
+            key = key if isinstance(key, str) else key.decode()
+            return_leases(redis, code, key[len(keys.leases_pattern(code)) - 1:])
     names = list(redis.scan_iter(match=keys.crawl_pattern(code), count=1000))
     return redis.delete(*names) if names else 0

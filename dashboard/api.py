@@ -128,6 +128,24 @@ class OverdueOut(Schema):
     holders: list[HolderOut]
 
 
+class DomainOut(Schema):
+    domain: str
+    rate: float
+    in_flight: int
+    limit: int
+    pages: int
+
+
+class PolitenessOut(Schema):
+    limit: int
+    delay: float
+    randomize: bool
+    autothrottle: bool
+    site_wide: bool
+    wait_s: float
+    domains: list[DomainOut]
+
+
 class CrawlOut(Schema):
     code: str
     project: str
@@ -142,6 +160,7 @@ class CrawlOut(Schema):
     rates: Rates
     stalled: StalledOut | None
     overdue: OverdueOut | None
+    politeness: PolitenessOut | None
     items_stored: int
     invalid: int = 0  # items that failed the project's validation
     replaced: int = 0  # items replaced by a later one with the same unique key

@@ -205,7 +205,10 @@ class ProjectForm(forms.Form):
     spider = forms.ChoiceField(label="Spider", required=False, choices=())
     settings = forms.CharField(
         label="Scrapy settings", required=False, widget=_textarea(3, "CONCURRENT_REQUESTS = 16\nDOWNLOAD_DELAY = 0.25"),
-        help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ".",
+        help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ". "
+        "CONCURRENT_REQUESTS is per worker; CONCURRENT_REQUESTS_PER_DOMAIN (requests in flight to one domain), "
+        "DOWNLOAD_DELAY (seconds between two requests to one domain) and AutoThrottle hold for the whole crawl, "
+        "all its workers together.",
     )
     workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
     unique_key = forms.CharField(

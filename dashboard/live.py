@@ -154,6 +154,21 @@ class RateMeter:
                 del self.reads[code]
 
 
+class DomainMeter(RateMeter):
+    """Requests/s of each top domain of each crawl (politeness), from the pops counted per domain."""
+
+    def update(self, code, pops, now=None):
+        """``pops``: ``{domain: requests popped so far}``; returns ``{domain: requests/s}``."""
+        now = time.monotonic() if now is None else now
+        reads = self.reads.setdefault(code, deque())
+        reads.append((now, dict(pops)))
+        while len(reads) > 2 and now - reads[1][0] >= self.window:
+            reads.popleft()
+        t0, first = reads[0]
+        elapsed = now - t0
+        return {d: (round(max(0, n - first.get(d, 0)) / elapsed, 2) if elapsed > 0 else 0.0) for d, n in pops.items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Building messages
 
@@ -270,6 +285,7 @@ class Publisher:
         self.broadcaster = broadcaster or get_broadcaster()
         self.clock = clock
         self.meter = RateMeter()
+        self.domain_meter = DomainMeter()
         self.log_cursor = {}  # code -> last log stream id sent
         self.overview = {}  # owner id -> {code: overview row} for this tick
 
@@ -294,11 +310,14 @@ class Publisher:
         for crawl, counters, new_items in entries:
             code = crawl.code
             rates = self.meter.update(code, counters.get("pages", 0), counters.get("items", 0))
+            polite = counters.get("politeness") or {}
+            domain_rates = self.domain_meter.update(code, {d["domain"]: d["pages"] for d in polite.get("domains", ())})
+            counters = {**counters, "domain_rates": domain_rates}
             live_key = keys.live(code)
             log_from = self.log_cursor.get(code)
             pipe.hincrby(live_key, "seq", 1)
             pipe.hmget(live_key, "interval", "last_point")
-            pipe.hset(live_key, "rates", json.dumps({**rates, "at": now}))
+            pipe.hset(live_key, "rates", json.dumps({**rates, "domains": domain_rates, "at": now}))
             if log_from is None:
                 pipe.xrevrange(keys.log(code), count=1)
             else:
@@ -378,6 +397,7 @@ class Publisher:
 
     def forget(self, active_codes):
         self.meter.forget(active_codes)
+        self.domain_meter.forget(active_codes)
         for code in list(self.log_cursor):
             if code not in active_codes:
                 del self.log_cursor[code]
@@ -417,7 +437,8 @@ def read(redis, crawls, detail=True):
     step = state.COUNTER_READS + 1
     for n, crawl in enumerate(active):
         part = replies[n * step:(n + 1) * step]
-        readings[crawl.code] = {**state.parse_counters(part), "rates": _parse_rates(part[-1])}
+        readings[crawl.code] = {**state.parse_counters(part), "rates": _parse_rates(part[-1]),
+                                "domain_rates": _parse_domain_rates(part[-1])}
     if detail:
         for crawl in active:
             add_detail(redis, crawl, readings[crawl.code])
@@ -474,6 +495,7 @@ def crawl_view(crawl, reading, now=None):
         "replaced": _int(quality.get("replaced")),  # items replaced by a later one with the same unique key
         "coverage": field_coverage(crawl, counters),
         "workers": workers_message(rows),
+        "politeness": politeness_view(counters),
         "stalled": {"since": crawl.stalled_since, "reason": crawl.stalled_reason} if crawl.stalled_since else None,
         "overdue": overdue(crawl, counters, now),
         "created_at": crawl.created_at,
@@ -497,6 +519,18 @@ def crawl_fields(definition):
     fields = ((definition or {}).get("item") or {}).get("fields") or []
     names = [f.get("name") for f in fields if isinstance(f, dict) and f.get("name")]
     return ["url", *names] if names else []
+
+
+def politeness_view(counters):
+    """The crawl's shared per-domain limits, the time its workers waited for them, and the top
+    domains with their current rate (requests/s), requests in flight and limit; None when unknown
+    (an ended crawl whose Redis state is gone, or one no worker started yet)."""
+    polite = counters.get("politeness")
+    if not polite or not polite.get("configured"):
+        return None
+    rates_now = counters.get("domain_rates") or {}
+    domains = [{**d, "rate": float(rates_now.get(d["domain"], 0.0))} for d in polite.get("domains", ())]
+    return {**polite, "domains": domains}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -579,6 +613,15 @@ def rates(code, redis=None):
     """
     raw = (redis or get_redis()).hget(keys.live(code), "rates")
     return _parse_rates(raw)
+
+
+def _parse_domain_rates(raw):
+    try:
+        data = json.loads(raw) if raw else {}
+        domains = data.get("domains") or {}
+        return {str(d): float(v) for d, v in domains.items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _parse_rates(raw):

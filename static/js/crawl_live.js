@@ -145,6 +145,28 @@
     });
   }
 
+  function applyPoliteness(p) {
+    var summary = $('[data-live="politeness-summary"]');
+    if (!p) return;   // not reported yet: keep what the page shows
+    var text = "At most " + (p.limit ? p.limit : "any number of") + " request(s) in flight per domain, " +
+      p.delay + " s between two requests to a domain" + (p.randomize ? " (randomized)" : "") +
+      (p.autothrottle ? ", AutoThrottle on" : "") + (p.site_wide ? ", shared with every crawl of the site" : "") +
+      ". Workers waited " + p.wait_s + " s for politeness.";
+    summary.textContent = text;   // text only: domain names come from crawled pages
+    var body = $('[data-live="domains"]');
+    var rows = (p.domains || []).map(function (d) {
+      var tr = body.querySelector('tr[data-domain="' + CSS.escape(d.domain) + '"]') || L.row(root, "domain");
+      tr.dataset.domain = d.domain;
+      L.setField(tr, "domain", d.domain || "(no host)");
+      L.setField(tr, "rate", L.formatRate(d.rate));
+      L.setField(tr, "in_flight", L.formatNumber(d.in_flight));
+      L.setField(tr, "limit", d.limit ? L.formatNumber(d.limit) : "none");
+      L.setField(tr, "pages", L.formatNumber(d.pages));
+      return tr;
+    });
+    body.replaceChildren.apply(body, rows);
+  }
+
   function itemRow(item) {
     var li = L.row(root, "item");
     li.dataset.item = item.id;
@@ -263,6 +285,7 @@
     applyStatusCodes(msg.status_codes, (msg.counters || {}).pages);
     applyCoverage(msg.coverage);
     applyWorkers(msg.workers);
+    applyPoliteness(msg.politeness);
     applyItems(msg.items, true, 0);
     applyLog(msg.log, true);
     drawCharts();
@@ -275,6 +298,7 @@
     applyStatusCodes(msg.status_codes, (msg.counters || {}).pages);
     applyCoverage(msg.coverage);
     applyWorkers(msg.workers);
+    applyPoliteness(msg.politeness);
     if (msg.items && msg.items.length) applyItems(msg.items, false, msg.items_new);
     if (msg.log && msg.log.length) applyLog(msg.log, false);
     if (msg.point) {
