@@ -227,6 +227,11 @@ except SpiderRegistryError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 # Largest item a worker stores, measured on its JSON (bytes); bigger ones are dropped and counted.
 CRAWLSITE_MAX_ITEM_BYTES = env_int("CRAWLSITE_MAX_ITEM_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024)
+# Largest deployed Scrapy project (egg or zip upload, bytes), and how long listing its spiders
+# may take (a subprocess: docs/deploy.md).
+CRAWLSITE_MAX_PACKAGE_BYTES = env_int("CRAWLSITE_MAX_PACKAGE_BYTES", 20 * 1024 * 1024, minimum=1024,
+                                      maximum=512 * 1024 * 1024)
+CRAWLSITE_INSPECT_TIMEOUT = env_float("CRAWLSITE_INSPECT_TIMEOUT", 60, minimum=1, maximum=3600)
 # Items moved from Redis to the database per crawl per conductor tick, at most.
 CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
 

@@ -10,11 +10,11 @@ import logging
 from django.db import transaction
 from redis.exceptions import RedisError
 
-from crawler import state
+from crawler import keys, state
 from crawler.counters import COUNTERS, DONE_STATES
 from crawler.definition import MAX_WORKERS, DefinitionError
 from dashboard import ingest, jobs, quotas
-from dashboard.models import Crawl, InvalidTransition, frozen_definition, validate_definition
+from dashboard.models import Crawl, InvalidTransition, PackageVersion, frozen_definition, validate_definition
 from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def launch(project, workers=None, trigger=Crawl.TRIGGER_USER):
     """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's).
     ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``)."""
     try:
-        definition = frozen_definition(validate_definition(project.definition))
+        definition = frozen_definition(validate_definition(project.definition, owner=project.owner),
+                                       owner=project.owner)
     except DefinitionError as exc:
         raise LaunchError(f"The project's definition is invalid: {exc}") from None
     count = definition["workers"] if workers is None else workers
@@ -56,6 +57,8 @@ def launch(project, workers=None, trigger=Crawl.TRIGGER_USER):
 def start(crawl):
     """Write the crawl to Redis, seed it, and enqueue its worker jobs. Never leaves it pending."""
     try:
+        if not put_package(crawl):
+            return
         state.launch(get_redis(), crawl.code, crawl.definition)
         jobs.enqueue(crawl.code, crawl.definition, crawl.next_worker_ids(crawl.workers), crawl.project.name)
     except RedisError as exc:
@@ -63,6 +66,22 @@ def start(crawl):
         crawl.fail(f"Could not start: Redis is unreachable ({exc}).")
         return
     crawl.mark_started()
+
+
+def put_package(crawl):
+    """The deployed version a crawl runs, into the crawl's Redis state (key named by its sha256):
+    workers fetch it from there, so deleting the version later never takes it from the crawl.
+    False (and the crawl failed) if the version went away before the crawl could start."""
+    frozen = (crawl.definition.get("operator") or {}).get("package")
+    if not frozen:
+        return True
+    data = (PackageVersion.objects.filter(package__owner_id=crawl.project.owner_id, sha256=frozen["sha256"])
+            .values_list("data", flat=True).first())
+    if data is None:
+        crawl.fail(f"Could not start: version {frozen['version']} of package {frozen['name']} was deleted.")
+        return False
+    get_redis().set(keys.package(crawl.code, frozen["sha256"]), bytes(data))
+    return True
 
 
 ACTIONS = ("pause", "resume", "stop", "force_stop", "cancel")

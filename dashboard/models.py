@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from crawler import definition as crawl_definition
+from crawler import packages as crawl_packages
 from crawler import keys
 from crawler import leases as crawl_leases
 from crawler import state as crawl_state
@@ -600,20 +601,169 @@ class ApiToken(models.Model):
         return cls.objects.for_user(user).delete()[0]
 
 
-def validate_definition(data):
+class DeployError(ValueError):
+    """An upload refused; ``field`` names the input at fault (package, version, file)."""
+
+    def __init__(self, field, message):
+        self.field = field
+        super().__init__(message)
+
+
+class PackageQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(owner=user)
+
+
+PACKAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,99}$")
+
+
+class Package(models.Model):
+    """A user's deployed Scrapy project (Scrapyd's "project"): versions of its code (docs/deploy.md).
+    It belongs to its uploader, with the same access rules as projects."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="packages")
+    name = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PackageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="unique_package_name_per_owner")]
+        permissions = [("deploy", "Can deploy code (upload Scrapy projects that run on the workers)")]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("dashboard:package-detail", args=[self.name])
+
+    @staticmethod
+    def may_deploy(user):
+        """Uploading code runs it on the workers: staff, or users granted ``dashboard.deploy``."""
+        return bool(user.is_active and (user.is_staff or user.has_perm("dashboard.deploy")))
+
+    def latest(self):
+        return self.versions.order_by("-uploaded_at", "-id").first()
+
+    def version(self, version=""):
+        """The named version, or the latest when ``version`` is empty; None if there is none."""
+        if not version:
+            return self.latest()
+        return self.versions.filter(version=version).first()
+
+    @classmethod
+    def catalog(cls, owner):
+        """``{package: {version: [spiders]}}`` of ``owner``, versions oldest first (the definition
+        validator's view: no code bytes are read)."""
+        found = {}
+        rows = PackageVersion.objects.filter(package__owner=owner).order_by("uploaded_at", "id")
+        for name, version, spiders in rows.values_list("package__name", "version", "spiders"):
+            found.setdefault(name, {})[version] = list(spiders)
+        return found
+
+
+class PackageVersion(models.Model):
+    """One uploaded version: the archive's bytes (kept in the database, so losing Redis loses no
+    code), its sha256, size, the settings module and spiders found by inspection."""
+
+    package = models.ForeignKey(Package, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, choices=[("egg", "egg"), ("zip", "zip")])
+    data = models.BinaryField()
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.PositiveIntegerField()
+    settings_module = models.CharField(max_length=200)
+    spiders = models.JSONField(default=list)
+    uploader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                 related_name="+")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["uploaded_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["package", "version"], name="unique_version_per_package")]
+
+    def __str__(self):
+        return f"{self.package.name} {self.version}"
+
+    @classmethod
+    def add(cls, owner, package, version, data):
+        """Store ``data`` (an egg or a zipped Scrapy project) as ``version`` of ``owner``'s package
+        ``package`` (created on its first version). The archive is checked and its spiders listed in
+        a subprocess first; nothing is stored when anything is wrong (:class:`DeployError`)."""
+        if not Package.may_deploy(owner):
+            raise PermissionError("Uploading code needs the 'deploy' permission (staff have it; an "
+                                  "administrator can grant it in the admin).")
+        package = package.strip() if isinstance(package, str) else ""
+        version = version.strip() if isinstance(version, str) else ""
+        if not PACKAGE_NAME_RE.match(package):
+            raise DeployError("package", "A package name is 1-64 letters, digits, '_', '.' or '-', "
+                                         "starting with a letter or digit.")
+        if not VERSION_RE.match(version):
+            raise DeployError("version", "A version is 1-100 letters, digits, '_', '.', '+', ':' or '-', "
+                                         "starting with a letter or digit.")
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise DeployError("file", "No file was uploaded (an egg, or a zip of a Scrapy project).")
+        if len(data) > settings.CRAWLSITE_MAX_PACKAGE_BYTES:
+            raise DeployError("file", f"The upload is {len(data)} bytes; at most "
+                                      f"{settings.CRAWLSITE_MAX_PACKAGE_BYTES} are accepted (CRAWLSITE_MAX_PACKAGE_BYTES).")
+        if cls.objects.filter(package__owner=owner, package__name=package, version=version).exists():
+            raise DeployError("version", f"Version {version!r} of {package!r} already exists: deploy a new "
+                                         "version name (or delete that version first).")
+        try:
+            found = crawl_packages.inspect(bytes(data), timeout=settings.CRAWLSITE_INSPECT_TIMEOUT)
+        except crawl_packages.PackageError as exc:
+            raise DeployError("file", str(exc)) from None
+        with transaction.atomic():
+            row, _ = Package.objects.get_or_create(owner=owner, name=package)
+            if cls.objects.filter(package=row, version=version).exists():  # a concurrent upload won
+                raise DeployError("version", f"Version {version!r} of {package!r} already exists.")
+            return cls.objects.create(
+                package=row, version=version, kind=found["kind"], data=bytes(data),
+                sha256=crawl_packages.sha256(bytes(data)), size=len(data),
+                settings_module=found["settings_module"], spiders=found["spiders"], uploader=owner)
+
+    def remove(self):
+        """Delete this version (its package too when it was the last). Crawls that run it keep
+        their copy: it is in their own Redis state since launch."""
+        package = self.package
+        self.delete()
+        if not package.versions.exists():
+            package.delete()
+
+
+def validate_definition(data, owner=None):
     """The one validator: returns the normalized definition or raises DefinitionError.
 
-    A custom spider is checked against the names of the operator's ``CRAWLSITE_SPIDERS``;
-    nothing is imported.
+    A custom spider is checked against the names of the operator's ``CRAWLSITE_SPIDERS``, a
+    deployed one against ``owner``'s packages (when given); nothing is imported.
     """
-    return crawl_definition.validate(data, spiders=settings.CRAWLSITE_SPIDERS)
+    packages = Package.catalog(owner) if owner is not None else None
+    return crawl_definition.validate(data, spiders=settings.CRAWLSITE_SPIDERS, packages=packages)
 
 
-def frozen_definition(definition):
+def frozen_definition(definition, owner=None):
     """A validated definition plus what the operator decides for a crawl of it, frozen at launch:
-    the dotted path of its custom spider (``spider_class``, imported by the workers only) and
-    the item size limit. Users never set ``operator``: the validator refuses the field."""
+    the dotted path of its custom spider (``spider_class``, imported by the workers only), or the
+    deployed version it runs (``package``: resolved version and sha256; the crawl keeps it even if
+    the version is deleted later), and the item size limit. Users never set ``operator``: the
+    validator refuses the field. A deployed spider that is gone raises DefinitionError."""
     operator = {"max_item_bytes": settings.CRAWLSITE_MAX_ITEM_BYTES}
-    if definition.get("spider"):
-        operator["spider_class"] = settings.CRAWLSITE_SPIDERS[definition["spider"]]
+    spider = definition.get("spider")
+    if isinstance(spider, dict):
+        found = PackageVersion.objects.filter(package__owner=owner, package__name=spider["package"])
+        found = found.filter(version=spider["version"]) if spider["version"] else found.order_by("-uploaded_at", "-id")
+        version = found.defer("data").first()
+        if version is None:
+            raise crawl_definition.DefinitionError({"spider.version": [
+                f"Package {spider['package']!r} has no version {spider['version']!r}." if spider["version"]
+                else f"Package {spider['package']!r} has no version."]})
+        if spider["spider"] not in version.spiders:
+            raise crawl_definition.DefinitionError({"spider.spider": [
+                f"Version {version.version} of {spider['package']!r} has no spider {spider['spider']!r} "
+                f"(it has: {', '.join(version.spiders)})."]})
+        operator["package"] = {"name": spider["package"], "version": version.version, "sha256": version.sha256}
+    elif spider:
+        operator["spider_class"] = settings.CRAWLSITE_SPIDERS[spider]
     return {**definition, "operator": operator}
