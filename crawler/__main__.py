@@ -47,7 +47,7 @@ class _Outcome:
         self.reason = reason
 
 
-def _deployed_spider(redis, code, worker, redis_url, definition, overrides):
+def _deployed_spider(code, worker, redis_url, definition, overrides):
     """Settings, spider class and spider arguments of a deployed project's spider: the version the
     crawl froze at launch, fetched once (hash-checked) and imported from the local cache."""
     from scrapy.spiderloader import get_spider_loader
@@ -56,7 +56,11 @@ def _deployed_spider(redis, code, worker, redis_url, definition, overrides):
     from .settings import crawl_settings
 
     frozen = definition["operator"]["package"]
-    file = packages.fetch(redis, code, frozen["sha256"])
+    binary = get_redis(redis_url or os.environ.get("REDIS_URL"), decode_responses=False)
+    try:
+        file = packages.fetch(binary, code, frozen["sha256"])
+    finally:
+        binary.close()
     archive = packages.describe(file.read_bytes())
     project = packages.load_settings(archive, file)
     settings = crawl_settings(definition, code, worker, redis_url, overrides, project=project)
@@ -92,7 +96,7 @@ def run(code: str, worker: str, redis_url: str | None = None, overrides: dict | 
         definition = json.loads(raw)
         deployed = (definition.get("operator") or {}).get("package")
         if deployed:
-            settings, spidercls, kwargs = _deployed_spider(redis, code, worker, redis_url, definition, overrides)
+            settings, spidercls, kwargs = _deployed_spider(code, worker, redis_url, definition, overrides)
         else:
             settings = crawl_settings(definition, code, worker, redis_url, overrides)
             spidercls = load_object(spider_path(definition))

@@ -211,7 +211,8 @@ def cache_dir() -> Path:
 
 def fetch(redis, code: str, digest: str, folder: Path | None = None) -> Path:
     """The local file of the version with sha256 ``digest``, fetched from crawl ``code``'s Redis
-    state the first time, checked against the hash, written atomically with mode 0600."""
+    state the first time (``redis``: a client that does not decode responses), checked against the
+    hash, written atomically with mode 0600."""
     if not isinstance(digest, str) or not _SHA_RE.match(digest):
         raise PackageError(f"{digest!r} is not a sha256 digest")
     folder = folder or cache_dir()

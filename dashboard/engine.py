@@ -14,7 +14,14 @@ from crawler import keys, state
 from crawler.counters import COUNTERS, DONE_STATES
 from crawler.definition import MAX_WORKERS, DefinitionError
 from dashboard import ingest, jobs, quotas
-from dashboard.models import Crawl, InvalidTransition, PackageVersion, frozen_definition, validate_definition
+from dashboard.models import (
+    Crawl,
+    InvalidTransition,
+    PackageVersion,
+    Project,
+    frozen_definition,
+    validate_definition,
+)
 from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -36,12 +43,13 @@ def check_workers(count):
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
 
 
-def launch(project, workers=None, trigger=Crawl.TRIGGER_USER):
+def launch(project, workers=None, trigger=Crawl.TRIGGER_USER, definition=None):
     """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's).
-    ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``)."""
+    ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``). ``definition`` replaces the
+    project's for this crawl only (a deployed spider run with its own arguments and settings)."""
     try:
-        definition = frozen_definition(validate_definition(project.definition, owner=project.owner),
-                                       owner=project.owner)
+        definition = project.definition if definition is None else definition
+        definition = frozen_definition(validate_definition(definition, owner=project.owner), owner=project.owner)
     except DefinitionError as exc:
         raise LaunchError(f"The project's definition is invalid: {exc}") from None
     count = definition["workers"] if workers is None else workers
@@ -66,6 +74,21 @@ def start(crawl):
         crawl.fail(f"Could not start: Redis is unreachable ({exc}).")
         return
     crawl.mark_started()
+
+
+def launch_deployed(owner, package, spider, version="", args=None, settings=None, workers=1,
+                    trigger=Crawl.TRIGGER_USER):
+    """Run spider ``spider`` of ``owner``'s deployed ``package`` (``version`` or the latest) with
+    spider arguments ``args``, Scrapy ``settings`` (the definition's whitelist) and ``workers``.
+    The crawl belongs to the owner's project for that (package, spider), created on first use.
+    Raises DefinitionError (bad input, by field), LaunchError or quotas.QuotaExceeded."""
+    definition = validate_definition({
+        "name": f"{package} {spider}"[:200], "start_urls": [], "workers": workers, "settings": settings or {},
+        "spider": {"package": package, "spider": spider, "version": version, "args": args or {}},
+    }, owner=owner)
+    check_workers(workers)
+    project = Project.for_deployed_spider(owner, package, spider)
+    return launch(project, workers=workers, trigger=trigger, definition=definition)
 
 
 def put_package(crawl):

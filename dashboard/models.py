@@ -66,6 +66,28 @@ class Project(models.Model):
         self.definition = definition
         self.name = definition["name"]
 
+    @classmethod
+    def for_deployed_spider(cls, owner, package, spider):
+        """``owner``'s project that runs spider ``spider`` of deployed package ``package`` (what
+        Scrapyd's schedule.json and the Code page's Run launch), created on first use."""
+        found = cls.objects.filter(owner=owner, definition__spider__package=package,
+                                   definition__spider__spider=spider).order_by("id").first()
+        if found is not None:
+            return found
+        definition = crawl_definition.default_definition()
+        name = f"{package} {spider}"[:190]
+        if cls.objects.filter(owner=owner, name=name).exists():
+            name = f"{name} ({new_code(4)})"
+        definition.update(name=name, item={"url_pattern": "", "selector": "", "fields": []},
+                          spider={"package": package, "spider": spider, "version": "", "args": {}})
+        return cls.objects.create(owner=owner, name=name, definition=definition)
+
+    @property
+    def deployed_spider(self):
+        """``{package, spider, version, args}`` when the project runs a deployed spider, else None."""
+        spider = self.definition.get("spider")
+        return spider if isinstance(spider, dict) else None
+
     @property
     def uses_custom_spider(self):
         return bool(self.definition.get("spider"))
@@ -601,6 +623,10 @@ class ApiToken(models.Model):
         return cls.objects.for_user(user).delete()[0]
 
 
+DEPLOY_PERMISSION = ("Uploading code needs the 'deploy' permission (staff have it; an administrator can "
+                     "grant it in the admin: dashboard | package | Can deploy code).")
+
+
 class DeployError(ValueError):
     """An upload refused; ``field`` names the input at fault (package, version, file)."""
 
@@ -693,8 +719,7 @@ class PackageVersion(models.Model):
         ``package`` (created on its first version). The archive is checked and its spiders listed in
         a subprocess first; nothing is stored when anything is wrong (:class:`DeployError`)."""
         if not Package.may_deploy(owner):
-            raise PermissionError("Uploading code needs the 'deploy' permission (staff have it; an "
-                                  "administrator can grant it in the admin).")
+            raise PermissionError(DEPLOY_PERMISSION)
         package = package.strip() if isinstance(package, str) else ""
         version = version.strip() if isinstance(version, str) else ""
         if not PACKAGE_NAME_RE.match(package):

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from dashboard import views
+from dashboard import scrapyd, views
 
 app_name = "dashboard"
 
@@ -27,4 +27,7 @@ urlpatterns = [
     path("account/", views.account, name="account"),
     path("account/tokens/new", views.account_token_create, name="account-token-create"),
     path("account/tokens/<str:token_id>/revoke", views.account_token_revoke, name="account-token-revoke"),
+] + [
+    path(f"scrapyd/{name}", view, name=f"scrapyd-{name.removesuffix('.json')}")
+    for name, view in scrapyd.ENDPOINTS.items()
 ]
