@@ -12,7 +12,7 @@ from django import forms
 from django.conf import settings as django_settings
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
-from dashboard.models import ApiToken, Project, TokenError, validate_definition
+from dashboard.models import ApiToken, Package, Project, TokenError, validate_definition
 
 FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
 LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
@@ -33,6 +33,8 @@ ERROR_FIELDS = [
     ("item.selector", "item_selector"),
     ("item.fields", "fields"),
     ("item", "fields"),
+    ("spider.version", "spider_version"),
+    ("spider.args", "spider_args"),
     ("spider", "spider"),
     ("settings", "settings"),
     ("workers", "workers"),
@@ -119,6 +121,18 @@ def parse_settings(text):
     return values, problems
 
 
+def parse_spider_args(text):
+    """``name=value`` per line (a deployed spider's arguments, Scrapy's -a); the value is text."""
+    args, problems = {}, []
+    for number, line in enumerate(_lines(text), start=1):
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            problems.append(f"Line {number}: write it as “name=value”.")
+            continue
+        args[name.strip()] = value.strip()
+    return args, problems
+
+
 def format_settings(settings):
     return "\n".join(f"{name} = {json.dumps(value) if not isinstance(value, str) else value}" for name, value in settings.items())
 
@@ -126,7 +140,8 @@ def format_settings(settings):
 class ProjectForm(forms.Form):
     name = forms.CharField(max_length=200, help_text="Shown in the dashboard.")
     start_urls = forms.CharField(
-        widget=_textarea(3, "https://example.com/"), help_text="One absolute http(s) URL per line (up to 1,000)."
+        required=False, widget=_textarea(3, "https://example.com/"),
+        help_text="One absolute http(s) URL per line (up to 1,000). A deployed spider starts from its own start().",
     )
     allowed_domains = forms.CharField(
         required=False, widget=_textarea(2, "example.com"),
@@ -158,6 +173,12 @@ class ProjectForm(forms.Form):
         "End a name with [] to keep every match.",
     )
     spider = forms.ChoiceField(label="Spider", required=False, choices=())
+    spider_version = forms.CharField(label="Deployed version", required=False, max_length=100,
+                                     help_text="For a deployed spider: the version to run; empty = the latest.")
+    spider_args = forms.CharField(
+        label="Spider arguments", required=False, widget=_textarea(2, "category=books"),
+        help_text="For a deployed spider: “name=value” per line, passed as Scrapy's -a name=value.",
+    )
     settings = forms.CharField(
         label="Scrapy settings", required=False, widget=_textarea(3, "CONCURRENT_REQUESTS = 16\nDOWNLOAD_DELAY = 0.25"),
         help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ".",
@@ -165,11 +186,16 @@ class ProjectForm(forms.Form):
     workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1, help_text="Workers per crawl.")
 
     BUILT_IN = ("", "Built-in: extract the fields above")
+    DEPLOYED = "deployed:"  # choice values of deployed spiders: deployed:PACKAGE/SPIDER
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, owner=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.owner = owner
         installed = sorted(django_settings.CRAWLSITE_SPIDERS)
         choices = [self.BUILT_IN] + [(name, name) for name in installed]
+        for package, versions in (Package.catalog(owner) if owner is not None else {}).items():
+            spiders = sorted({spider for names in versions.values() for spider in names})
+            choices += [(f"{self.DEPLOYED}{package}/{spider}", f"{package}: {spider} (deployed)") for spider in spiders]
         current = self.initial.get("spider") or ""
         if current and current not in installed:
             # An old dotted path, or a spider the operator removed: kept as a choice so that
@@ -193,7 +219,11 @@ class ProjectForm(forms.Form):
             "item_url_pattern": d["item"].get("url_pattern", ""),
             "item_selector": d["item"].get("selector", ""),
             "fields": format_fields(d["item"].get("fields", [])),
-            "spider": d["spider"],
+            "spider": (f"{cls.DEPLOYED}{d['spider']['package']}/{d['spider']['spider']}"
+                       if isinstance(d["spider"], dict) else d["spider"]),
+            "spider_version": d["spider"].get("version", "") if isinstance(d["spider"], dict) else "",
+            "spider_args": "\n".join(f"{k}={v}" for k, v in d["spider"].get("args", {}).items())
+            if isinstance(d["spider"], dict) else "",
             "settings": format_settings(d["settings"]),
             "workers": d["workers"],
         }
@@ -217,15 +247,28 @@ class ProjectForm(forms.Form):
             "follow": {"allow": _lines(data.get("follow_allow")), "deny": _lines(data.get("follow_deny"))},
             "limits": {limit: data[limit] for limit in LIMITS},
             "item": {"url_pattern": data.get("item_url_pattern", ""), "selector": data.get("item_selector", ""), "fields": fields},
-            "spider": data.get("spider", ""),
+            "spider": self.chosen_spider(data),
             "settings": settings,
             "workers": data["workers"],
         }
+        if self.errors:
+            return data
         try:
-            data["definition"] = validate_definition(raw)
+            data["definition"] = validate_definition(raw, owner=self.owner)
         except DefinitionError as exc:
             self.add_definition_errors(exc.errors)
         return data
+
+    def chosen_spider(self, data):
+        """The definition's ``spider``: an operator spider's name, or a deployed spider's object."""
+        value = data.get("spider", "")
+        if not value.startswith(self.DEPLOYED):
+            return value
+        package, _, spider = value[len(self.DEPLOYED):].partition("/")
+        args, problems = parse_spider_args(data.get("spider_args"))
+        for problem in problems:
+            self.add_error("spider_args", problem)
+        return {"package": package, "spider": spider, "version": data.get("spider_version", ""), "args": args}
 
     def add_definition_errors(self, errors):
         for path, messages in sorted(errors.items()):
@@ -239,6 +282,38 @@ class ProjectForm(forms.Form):
                 where = f"{rest[1]}: "
             for message in messages:
                 self.add_error(field, f"{where}{message}")
+
+
+class UploadForm(forms.Form):
+    """A new version of a deployed Scrapy project, uploaded from the Code page."""
+
+    package = forms.CharField(max_length=64, help_text="The project's name (Scrapyd's “project”), e.g. “shopbot”.")
+    version = forms.CharField(max_length=100, help_text="A new name for this version, e.g. “r23” or “2026-12-01”.")
+    file = forms.FileField(label="Egg or zip", help_text="A zip of the folder that holds scrapy.cfg, or an egg "
+                                                          "built by “scrapyd-deploy --build-egg”.")
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        limit = django_settings.CRAWLSITE_MAX_PACKAGE_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(f"The file is {upload.size} bytes; at most {limit} are accepted.")
+        return upload
+
+
+class RunForm(forms.Form):
+    """Run a deployed spider: its version, workers and arguments (Scrapy's -a name=value)."""
+
+    spider = forms.CharField(max_length=128)
+    version = forms.CharField(max_length=100, required=False, help_text="Empty: the latest.")
+    workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1)
+    args = forms.CharField(label="Arguments", required=False, widget=_textarea(2, "category=books"),
+                           help_text="“name=value” per line.")
+
+    def clean_args(self):
+        args, problems = parse_spider_args(self.cleaned_data.get("args"))
+        if problems:
+            raise forms.ValidationError(problems)
+        return args
 
 
 class TokenForm(forms.Form):

@@ -2,7 +2,8 @@
 
 ``scrapyd-deploy`` and Scrapyd clients work unchanged: the endpoints, parameters and answers of
 Scrapyd 1.6 (``{"node_name", "status": "ok", ...}``; errors ``{"node_name", "status": "error",
-"message"}`` with HTTP 400, or 401/403/405). Authentication is HTTP basic: the user name and one
+"message"}`` with HTTP 400, or 401/403/404/405). Parameters are read from the body and the
+query string, as Scrapyd does. Authentication is HTTP basic: the user name and one
 of the user's API tokens as the password. A Scrapyd "project" is a package, a "job" is a crawl
 (``jobid`` = the crawl's code). Plain Django views: no session, no CSRF (nothing here reads a
 cookie), every one of them authenticates first.
@@ -103,8 +104,14 @@ def endpoint(*methods):
     return wrap
 
 
+def _values(request, name):
+    """A parameter's values from the body and the query string (Scrapyd reads both)."""
+    return request.POST.getlist(name) + request.GET.getlist(name) if request.method == "POST" else request.GET.getlist(name)
+
+
 def _param(request, name, required=True):
-    value = (request.POST if request.method == "POST" else request.GET).get(name, "")
+    values = _values(request, name)
+    value = values[0] if values else ""
     if required and not value:
         raise Refused(f"'{name}' parameter is required")
     return value
@@ -116,7 +123,7 @@ def _package(request, required=True):
         return None
     package = Package.objects.for_user(request.user).filter(name=name).first()
     if package is None:
-        raise Refused(f"project '{name}' not found")
+        raise Refused(f"project '{name}' not found", 404)
     return package
 
 
@@ -231,15 +238,16 @@ def schedule(request):
     package = _package(request)
     spider = _param(request, "spider")
     chosen = {}
-    for text in request.POST.getlist("setting"):
+    for text in _values(request, "setting"):
         name, value = parse_setting(text)
         chosen[name] = value
-    workers = request.POST.get("_workers", "1")
+    workers = _param(request, "_workers", False) or "1"
     if not workers.isdigit() or len(workers) > 3:
         raise Refused(f"_workers must be a whole number of workers, not {workers[:20]!r}")
-    args = {name: request.POST.getlist(name)[-1] for name in request.POST if name not in SCHEDULE_PARAMS}
+    names = [*request.POST, *request.GET]
+    args = {name: _values(request, name)[-1] for name in names if name not in SCHEDULE_PARAMS}
     try:
-        crawl = engine.launch_deployed(request.user, package.name, spider, request.POST.get("_version", ""), args,
+        crawl = engine.launch_deployed(request.user, package.name, spider, _param(request, "_version", False), args,
                                        chosen, int(workers), trigger=Crawl.TRIGGER_SCRAPYD)
     except DefinitionError as exc:
         if "spider.spider" in exc.errors:
@@ -256,7 +264,7 @@ def cancel(request):
     code = _param(request, "job")
     crawl = _jobs(request.user, package).filter(code=code).first()
     if crawl is None:
-        raise Refused(f"job '{code}' not found")
+        raise Refused(f"job '{code}' not found", 404)
     prevstate = _state(crawl, _waiting([crawl]))
     if prevstate == "finished":
         return ok(prevstate=None)
@@ -283,7 +291,7 @@ def listspiders(request):
     package = _package(request)
     version = package.version(_param(request, "_version", False))
     if version is None:
-        raise Refused(f"version '{_param(request, '_version', False)}' of project '{package.name}' not found")
+        raise Refused(f"version '{_param(request, '_version', False)}' of project '{package.name}' not found", 404)
     return ok(spiders=list(version.spiders))
 
 
@@ -316,7 +324,7 @@ def delversion(request):
     version = _param(request, "version")
     row = package.versions.filter(version=version).first()
     if row is None:
-        raise Refused(f"version '{version}' of project '{package.name}' not found")
+        raise Refused(f"version '{version}' of project '{package.name}' not found", 404)
     row.remove()
     return ok()
 
