@@ -34,6 +34,7 @@ from dashboard.models import (
     PackageVersion,
     Project,
     TokenError,
+    too_large,
     validate_definition,
 )
 from dashboard.redis import get_redis
@@ -262,14 +263,13 @@ def upload_version(request, name: str):
         return Status(403, {"detail": DEPLOY_PERMISSION})
     limit = settings.CRAWLSITE_MAX_PACKAGE_BYTES
     length = request.META.get("CONTENT_LENGTH") or "0"
-    too_large = f"The upload is too large: at most {limit} bytes are accepted (CRAWLSITE_MAX_PACKAGE_BYTES)."
     if not length.isdigit() or int(length) > limit + 64 * 1024:  # refused before the body is read
-        return Status(422, {"detail": too_large, "errors": {"file": [too_large]}})
+        return Status(422, {"detail": too_large(), "errors": {"file": [too_large()]}})
     upload = request.FILES.get("file")
     if upload is None:
         return Status(422, {"detail": "No file uploaded.", "errors": {"file": ["Send the egg or zip as 'file'."]}})
     if upload.size > limit:
-        return Status(422, {"detail": too_large, "errors": {"file": [too_large]}})
+        return Status(422, {"detail": too_large(upload.size), "errors": {"file": [too_large(upload.size)]}})
     try:
         row = PackageVersion.add(request.user, name, request.POST.get("version", ""), upload.read())
     except DeployError as exc:

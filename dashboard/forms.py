@@ -12,7 +12,7 @@ from django import forms
 from django.conf import settings as django_settings
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
-from dashboard.models import ApiToken, Package, Project, TokenError, validate_definition
+from dashboard.models import ApiToken, Package, Project, TokenError, too_large, validate_definition
 
 FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
 LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
@@ -294,9 +294,8 @@ class UploadForm(forms.Form):
 
     def clean_file(self):
         upload = self.cleaned_data["file"]
-        limit = django_settings.CRAWLSITE_MAX_PACKAGE_BYTES
-        if upload.size > limit:
-            raise forms.ValidationError(f"The file is {upload.size} bytes; at most {limit} are accepted.")
+        if upload.size > django_settings.CRAWLSITE_MAX_PACKAGE_BYTES:
+            raise forms.ValidationError(too_large(upload.size))
         return upload
 
 

@@ -627,6 +627,13 @@ DEPLOY_PERMISSION = ("Uploading code needs the 'deploy' permission (staff have i
                      "grant it in the admin: dashboard | package | Can deploy code).")
 
 
+def too_large(size=None):
+    """The message for an upload over CRAWLSITE_MAX_PACKAGE_BYTES (``size``: its size, if known)."""
+    limit = settings.CRAWLSITE_MAX_PACKAGE_BYTES
+    return (f"The upload is too large{f' ({size} bytes)' if size is not None else ''}: at most {limit} bytes are "
+            "accepted (CRAWLSITE_MAX_PACKAGE_BYTES).")
+
+
 class DeployError(ValueError):
     """An upload refused; ``field`` names the input at fault (package, version, file)."""
 
@@ -731,8 +738,7 @@ class PackageVersion(models.Model):
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise DeployError("file", "No file was uploaded (an egg, or a zip of a Scrapy project).")
         if len(data) > settings.CRAWLSITE_MAX_PACKAGE_BYTES:
-            raise DeployError("file", f"The upload is {len(data)} bytes; at most "
-                                      f"{settings.CRAWLSITE_MAX_PACKAGE_BYTES} are accepted (CRAWLSITE_MAX_PACKAGE_BYTES).")
+            raise DeployError("file", too_large(len(data)))
         if cls.objects.filter(package__owner=owner, package__name=package, version=version).exists():
             raise DeployError("version", f"Version {version!r} of {package!r} already exists: deploy a new "
                                          "version name (or delete that version first).")

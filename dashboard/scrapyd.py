@@ -32,6 +32,7 @@ from dashboard.models import (
     InvalidTransition,
     Package,
     PackageVersion,
+    too_large,
 )
 
 REALM = 'Basic realm="Crawlsite Scrapyd API", charset="UTF-8"'
@@ -189,14 +190,14 @@ def addversion(request):
     limit = settings.CRAWLSITE_MAX_PACKAGE_BYTES
     length = request.META.get("CONTENT_LENGTH") or "0"
     if not length.isdigit() or int(length) > limit + 64 * 1024:  # refused before the body is read
-        raise Refused(f"The upload is too large: at most {limit} bytes are accepted (CRAWLSITE_MAX_PACKAGE_BYTES).")
+        raise Refused(too_large())
     project = _param(request, "project")
     version = _param(request, "version")
     upload = request.FILES.get("egg")
     if upload is None:
         raise Refused("'egg' parameter is required (the project's egg, as scrapyd-deploy sends it)")
     if upload.size > limit:
-        raise Refused(f"The upload is {upload.size} bytes; at most {limit} are accepted (CRAWLSITE_MAX_PACKAGE_BYTES).")
+        raise Refused(too_large(upload.size))
     try:
         row = PackageVersion.add(request.user, project, version, upload.read())
     except DeployError as exc:
