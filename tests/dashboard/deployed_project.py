@@ -52,12 +52,18 @@ import scrapy
 class ShopSpider(scrapy.Spider):
     name = "shop"
 
-    def __init__(self, site=None, label="", *args, **kwargs):
+    def __init__(self, site=None, label="", start_delay="0", *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.site = site.rstrip("/")
         self.label = label
+        self.start_delay = float(start_delay)
 
     async def start(self):
+        if self.start_delay:  # e.g. fetching a token before the first request
+            from scrapy.utils.defer import maybe_deferred_to_future
+            from twisted.internet import reactor, task
+
+            await maybe_deferred_to_future(task.deferLater(reactor, self.start_delay, lambda: None))
         yield scrapy.Request(self.site + "/", callback=self.parse)
 
     def parse(self, response):

@@ -1,6 +1,7 @@
 """A user's own Scrapy project, end to end (issue 13): written by the test, deployed with the real
 `scrapyd-deploy` to the live server's /scrapyd/, scheduled through schedule.json on two workers,
-one of which is SIGKILLed mid-crawl; run again at its first version after a second is deployed.
+one of which is SIGKILLed mid-crawl; run again at its first version after a second is deployed,
+with a start() that waits before its first request (the crawl is not taken for finished).
 A Scrapyd client library no one here wrote (python-scrapyd-api) lists projects, spiders and jobs.
 
 Real components: uvicorn serving Crawlsite in a thread, RQ burst workers running
@@ -102,8 +103,9 @@ def test_scrapyd_deploy_schedule_two_workers_one_killed_then_first_version_again
     write_project(folder, url=f"{server.url}/scrapyd/", username=user.username, password=token, stamp="v2")
     assert scrapyd_deploy(folder, "v2").returncode == 0
     assert call(server, auth, "listversions.json", project="shopbot")["versions"] == ["v1", "v2"]
+    # Its start() waits 3 s before its first request: longer than the conductor's idle grace.
     again = call(server, auth, "schedule.json", "post", project="shopbot", spider="shop", _version="v1",
-                 site=site.url)["jobid"]
+                 site=site.url, start_delay="3")["jobid"]
     rerun = Crawl.objects.get(code=again)
     procs.extend(start_rq_workers(1, CRAWLSITE_HEARTBEAT_TTL=str(HEARTBEAT_TTL)))
     driver.until_status(rerun, Crawl.FINISHED, Crawl.FAILED, Crawl.STOPPED, timeout=120)
