@@ -244,6 +244,9 @@ def test_a_version_deleted_while_a_crawl_uses_it_stays_with_that_crawl(client, o
     assert file.read_bytes() == data  # what a worker of that crawl still gets
     assert stat.S_IMODE(os.stat(file).st_mode) == 0o600
     refused(scrapyd(client, owner, "schedule.json", project="shopbot", spider="shop"), 404, None, "not found")
+    client.force_login(owner)
+    page = client.get(f"/crawls/{crawl.code}/").content.decode()  # the usual crawl page says what runs
+    assert "shopbot" in page and "v1" in page and frozen["sha256"][:12] in page and "label=x" in page
 
 
 def test_a_worker_refuses_code_that_does_not_match_its_hash(redis_client, tmp_path):
@@ -270,3 +273,19 @@ def test_crawlsite_components_are_layered_on_the_project_settings(tmp_path):
     assert built.get("BOT_NAME") == "shopbot" and built.getfloat("DOWNLOAD_DELAY") == 0.5
     assert built.get("SCHEDULER") == "crawler.scheduler.RedisScheduler"
     assert built.getdict("DOWNLOAD_HANDLERS")["file"] is None  # the network policy wins
+
+
+def test_the_api_runs_a_deployed_spider_and_names_bad_fields(client, owner, django_capture_on_commit_callbacks):
+    package_for(owner, "shopbot", "v1", spiders=["shop"])
+    run = {"spider": "shop", "workers": 2, "args": {"category": "books"}, "settings": {"DOWNLOAD_DELAY": 0.5}}
+    bad = client.post("/api/packages/shopbot/crawls", {**run, "args": {"bad-name": "1"}, "workers": 99},
+                      content_type="application/json", **bearer(owner))
+    assert bad.status_code == 422 and {"spider.args.bad-name", "workers"} <= set(bad.json()["errors"])
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/api/packages/shopbot/crawls", run, content_type="application/json", **bearer(owner))
+    assert response.status_code == 201, response.content
+    crawl = Crawl.objects.get(code=response.json()["code"])
+    assert crawl.trigger == Crawl.TRIGGER_API and crawl.workers == 2
+    assert crawl.definition["spider"]["args"] == {"category": "books"}
+    assert crawl.definition["settings"] == {"DOWNLOAD_DELAY": 0.5}
+    assert crawl.project.deployed_spider["package"] == "shopbot"
