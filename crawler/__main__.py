@@ -56,6 +56,9 @@ def _deployed_spider(code, worker, redis_url, definition, overrides):
     from .settings import crawl_settings
 
     frozen = definition["operator"]["package"]
+    if os.environ.get("CRAWLSITE_DEPLOYED_CODE", "1").strip() == "0":
+        raise ValueError(f"this worker does not run deployed code (CRAWLSITE_DEPLOYED_CODE=0): crawl {code} runs "
+                         f"version {frozen.get('version')!r} of package {frozen.get('name')!r}; nothing was imported")
     binary = get_redis(redis_url or os.environ.get("REDIS_URL"), decode_responses=False)
     try:
         file = packages.fetch(binary, code, frozen["sha256"])

@@ -8,8 +8,11 @@ exist are made by tests.dashboard.factories.package_for.
 
 import base64
 import io
+import json
 import os
 import stat
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -289,3 +292,16 @@ def test_the_api_runs_a_deployed_spider_and_names_bad_fields(client, owner, djan
     assert crawl.definition["spider"]["args"] == {"category": "books"}
     assert crawl.definition["settings"] == {"DOWNLOAD_DELAY": 0.5}
     assert crawl.project.deployed_spider["package"] == "shopbot"
+
+
+def test_a_worker_that_runs_no_deployed_code_refuses_it_and_says_why(redis_client):
+    code = "nodeploy1"
+    redis_client.set(keys.definition(code), json.dumps({
+        "name": "x", "start_urls": [], "settings": {}, "limits": {},
+        "spider": {"package": "shopbot", "spider": "shop", "version": "", "args": {}},
+        "operator": {"package": {"name": "shopbot", "version": "v1", "sha256": "0" * 64}}}))
+    done = subprocess.run([sys.executable, "-m", "crawler", "run", code, "--worker", "w1"], capture_output=True,
+                          timeout=120, env=dict(os.environ, CRAWLSITE_DEPLOYED_CODE="0"))
+    assert done.returncode == 1
+    state = json.loads(redis_client.hget(keys.workers(code), "w1"))
+    assert state["state"] == "failed" and "does not run deployed code" in state["message"]
