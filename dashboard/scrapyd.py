@@ -124,15 +124,19 @@ def _package(request, required=True):
         return None
     package = Package.objects.for_user(request.user).filter(name=name).first()
     if package is None:
-        raise Refused(f"project '{name}' not found", 404)
+        raise Refused(f"project '{name[:100]}' not found", 404)
     return package
 
 
+MAX_JOBS = 1000  # listjobs.json and daemonstatus.json look at the latest jobs only
+
+
 def _jobs(user, package=None):
+    """The user's crawls of deployed spiders (of ``package``), newest first."""
     crawls = Crawl.objects.filter(project__owner=user, definition__operator__package__name__isnull=False)
     if package is not None:
         crawls = crawls.filter(definition__operator__package__name=package.name)
-    return crawls.order_by("created_at", "id")
+    return crawls.order_by("-created_at", "-id")
 
 
 def _waiting(crawls):
@@ -176,7 +180,7 @@ def _job(crawl, state):
 @endpoint("GET")
 def daemonstatus(request):
     counts = {"pending": 0, "running": 0, "finished": 0}
-    crawls = list(_jobs(request.user).only("code", "status"))
+    crawls = list(_jobs(request.user).only("code", "status")[:MAX_JOBS])
     waiting = _waiting(crawls)
     for crawl in crawls:
         counts[_state(crawl, waiting)] += 1
@@ -252,7 +256,7 @@ def schedule(request):
                                        chosen, int(workers), trigger=Crawl.TRIGGER_SCRAPYD)
     except DefinitionError as exc:
         if "spider.spider" in exc.errors:
-            raise Refused(f"spider '{spider}' not found ({' '.join(exc.errors['spider.spider'])})") from None
+            raise Refused(f"spider '{spider[:100]}' not found ({' '.join(exc.errors['spider.spider'])})") from None
         raise Refused(_definition_message(exc)) from None
     except (engine.LaunchError, quotas.QuotaExceeded) as exc:
         raise Refused(str(exc)) from None
@@ -265,7 +269,7 @@ def cancel(request):
     code = _param(request, "job")
     crawl = _jobs(request.user, package).filter(code=code).first()
     if crawl is None:
-        raise Refused(f"job '{code}' not found", 404)
+        raise Refused(f"job '{code[:100]}' not found", 404)
     prevstate = _state(crawl, _waiting([crawl]))
     if prevstate == "finished":
         return ok(prevstate=None)
@@ -292,7 +296,7 @@ def listspiders(request):
     package = _package(request)
     version = package.version(_param(request, "_version", False))
     if version is None:
-        raise Refused(f"version '{_param(request, '_version', False)}' of project '{package.name}' not found", 404)
+        raise Refused(f"version '{_param(request, '_version', False)[:100]}' of project '{package.name}' not found", 404)
     return ok(spiders=list(version.spiders))
 
 
@@ -300,7 +304,7 @@ def listspiders(request):
 def listjobs(request):
     package = _package(request, required=False)
     found = {"pending": [], "running": [], "finished": []}
-    crawls = list(_jobs(request.user, package))
+    crawls = list(_jobs(request.user, package)[:MAX_JOBS])[::-1]  # oldest first, as Scrapyd lists them
     waiting = _waiting(crawls)
     for crawl in crawls:
         state = _state(crawl, waiting)
@@ -325,7 +329,7 @@ def delversion(request):
     version = _param(request, "version")
     row = package.versions.filter(version=version).first()
     if row is None:
-        raise Refused(f"version '{version}' of project '{package.name}' not found", 404)
+        raise Refused(f"version '{version[:100]}' of project '{package.name}' not found", 404)
     row.remove()
     return ok()
 
