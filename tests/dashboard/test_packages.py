@@ -305,3 +305,18 @@ def test_a_worker_that_runs_no_deployed_code_refuses_it_and_says_why(redis_clien
     assert done.returncode == 1
     state = json.loads(redis_client.hget(keys.workers(code), "w1"))
     assert state["state"] == "failed" and "does not run deployed code" in state["message"]
+
+
+def test_run_on_the_code_page_opens_the_usual_crawl_page(client, owner, django_capture_on_commit_callbacks):
+    package_for(owner, "shopbot", "v1", spiders=["shop"])
+    client.force_login(owner)
+    bad = client.post("/code/shopbot/run", {"spider": "shop", "workers": "1", "args": "no equals sign"}, follow=True)
+    assert "write it as “name=value”" in bad.content.decode() and not Crawl.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/code/shopbot/run", {"spider": "shop", "version": "v1", "workers": "2",
+                                                      "args": "label=x"})
+    crawl = Crawl.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/crawls/{crawl.code}/"
+    assert crawl.trigger == Crawl.TRIGGER_USER and crawl.workers == 2
+    assert crawl.definition["operator"]["package"]["version"] == "v1"
+    assert crawl.definition["spider"]["args"] == {"label": "x"}
