@@ -8,7 +8,7 @@ Nothing is ever extracted: Python imports straight from the archive (``zipimport
 thing read in the web process is the archive's directory and one small text file, with limits on
 the number of entries, their names and their total size (:func:`describe`).
 
-Spiders are listed by ``python -m crawler.packages inspect FILE``, a subprocess with a time limit,
+Spiders are listed by ``python -m crawler.packages inspect FILE MEMORY CPU``, a subprocess with a time limit,
 a memory limit and no secrets in its environment (:func:`inspect`): it loads the project's
 settings and asks Scrapy's spider loader for the names, answering JSON on stdout; when the
 project's code fails to import, its traceback is the error.
@@ -164,14 +164,14 @@ def _inspect_here(path: str) -> dict:
     return {"settings_module": archive.settings_module, "kind": archive.kind, "spiders": sorted(loader.list())}
 
 
-def _limit_child(memory: int, seconds: float):
-    def apply():
-        import resource
+def _limit_self(memory: int, seconds: float) -> None:
+    """Limits of the inspecting process, set by itself first thing (``preexec_fn`` is not safe
+    in a threaded web server)."""
+    import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        cpu = int(seconds) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    return apply
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    cpu = int(seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
 
 
 def inspect(data: bytes, timeout: float = INSPECT_TIMEOUT, memory: int = INSPECT_MEMORY) -> dict:
@@ -185,9 +185,8 @@ def inspect(data: bytes, timeout: float = INSPECT_TIMEOUT, memory: int = INSPECT
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT), "HOME": tmp,
                "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}  # no secrets of the web process
         try:
-            done = subprocess.run([sys.executable, "-m", "crawler.packages", "inspect", str(file)],
-                                  cwd=tmp, env=env, capture_output=True, timeout=timeout,
-                                  preexec_fn=_limit_child(memory, timeout))
+            done = subprocess.run([sys.executable, "-m", "crawler.packages", "inspect", str(file),
+                                   str(memory), str(timeout)], cwd=tmp, env=env, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise PackageError(f"Listing its spiders took longer than {timeout:g} s (a settings module or "
                                "spider that does work at import time?); nothing was stored.") from None
@@ -240,9 +239,10 @@ def fetch(redis, code: str, digest: str, folder: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "inspect":
-        print("usage: python -m crawler.packages inspect FILE", file=sys.stderr)
+    if len(argv) != 4 or argv[0] != "inspect":
+        print("usage: python -m crawler.packages inspect FILE MEMORY_BYTES CPU_SECONDS", file=sys.stderr)
         return 2
+    _limit_self(int(argv[2]), float(argv[3]))
     found = _inspect_here(argv[1])  # an exception prints its traceback: the user's error
     print(json.dumps(found))
     return 0

@@ -320,3 +320,11 @@ def test_run_on_the_code_page_opens_the_usual_crawl_page(client, owner, django_c
     assert crawl.trigger == Crawl.TRIGGER_USER and crawl.workers == 2
     assert crawl.definition["operator"]["package"]["version"] == "v1"
     assert crawl.definition["spider"]["args"] == {"label": "x"}
+
+
+def test_listing_spiders_is_bounded_in_time(tmp_path):
+    folder = write_project(tmp_path / "shopbot")
+    settings_file = folder / "shopbot" / "settings.py"
+    settings_file.write_text("import time\ntime.sleep(600)\n" + settings_file.read_text())
+    with pytest.raises(packages.PackageError, match="longer than 3 s"):
+        packages.inspect(zip_project(folder), timeout=3)
