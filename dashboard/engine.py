@@ -10,14 +10,13 @@ import logging
 from django.db import transaction
 from redis.exceptions import RedisError
 
-from crawler import keys, state
+from crawler import state
 from crawler.counters import COUNTERS, DONE_STATES
 from crawler.definition import MAX_WORKERS, DefinitionError
 from dashboard import ingest, jobs, quotas
 from dashboard.models import (
     Crawl,
     InvalidTransition,
-    PackageVersion,
     Project,
     frozen_definition,
     validate_definition,
@@ -92,19 +91,14 @@ def launch_deployed(owner, package, spider, version="", args=None, settings=None
 
 
 def put_package(crawl):
-    """The deployed version a crawl runs, into the crawl's Redis state (key named by its sha256):
-    workers fetch it from there, so deleting the version later never takes it from the crawl.
-    False (and the crawl failed) if the version went away before the crawl could start."""
-    frozen = (crawl.definition.get("operator") or {}).get("package")
-    if not frozen:
+    """The deployed version a crawl runs, into the crawl's Redis state: workers fetch it from
+    there, so deleting the version later never takes it from the crawl. False (and the crawl
+    failed) if the version went away before the crawl could start."""
+    if crawl.put_code(get_redis()):
         return True
-    data = (PackageVersion.objects.filter(package__owner_id=crawl.project.owner_id, sha256=frozen["sha256"])
-            .values_list("data", flat=True).first())
-    if data is None:
-        crawl.fail(f"Could not start: version {frozen['version']} of package {frozen['name']} was deleted.")
-        return False
-    get_redis().set(keys.package(crawl.code, frozen["sha256"]), bytes(data))
-    return True
+    frozen = crawl.deployed_version()
+    crawl.fail(f"Could not start: version {frozen['version']} of package {frozen['name']} was deleted.")
+    return False
 
 
 ACTIONS = ("pause", "resume", "stop", "force_stop", "cancel")

@@ -19,6 +19,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from crawler import definition as crawl_definition
 from crawler import packages as crawl_packages
@@ -314,6 +315,7 @@ class Crawl(models.Model):
                 crawl_state.launch(redis, code, definition)
             crawl_state.set_control(redis, code, "run")
             if relaunch:
+                self.put_code(redis, only_if_missing=True)  # Redis lost it too: from the database
                 jobs.enqueue(code, definition, ids, label)
 
         with transaction.atomic():
@@ -408,10 +410,41 @@ class Crawl(models.Model):
         return self._apply("finish", reason=reason, effects=effects)
 
     def mark_finished(self, stats):
-        return self._apply("finished", stats=stats)
+        return self._apply("finished", stats=stats, effects=self.drop_code)
 
     def fail(self, reason):
-        return self._apply("fail", reason=reason)
+        return self._apply("fail", reason=reason, effects=self.drop_code)
+
+    # -- deployed code (docs/deploy.md) ----------------------------------------------------------------
+
+    def deployed_version(self):
+        """``{name, version, sha256}`` of the deployed version this crawl runs, frozen at launch."""
+        return (self.definition.get("operator") or {}).get("package")
+
+    def put_code(self, redis, only_if_missing=False):
+        """The deployed version's bytes into the crawl's Redis state (key named by its sha256),
+        where its workers fetch them. False if the crawl runs a version gone from the database."""
+        frozen = self.deployed_version()
+        if not frozen:
+            return True
+        key = keys.package(self.code, frozen["sha256"])
+        if only_if_missing and redis.exists(key):
+            return True
+        data = (PackageVersion.objects.filter(package__owner_id=self.project.owner_id, sha256=frozen["sha256"])
+                .values_list("data", flat=True).first())
+        if data is None:
+            return False
+        redis.set(key, bytes(data))
+        return True
+
+    def drop_code(self):
+        """A crawl that ended for good no longer needs its copy of the deployed code in Redis."""
+        frozen = self.deployed_version()
+        if frozen:
+            try:
+                get_redis().delete(keys.package(self.code, frozen["sha256"]))
+            except RedisError:  # the crawl's other keys stay too; nothing depends on this one
+                pass
 
     # -- stalls (a flag on a running crawl, not a state) -------------------------------------------
 

@@ -250,6 +250,9 @@ def test_a_version_deleted_while_a_crawl_uses_it_stays_with_that_crawl(client, o
     client.force_login(owner)
     page = client.get(f"/crawls/{crawl.code}/").content.decode()  # the usual crawl page says what runs
     assert "shopbot" in page and "v1" in page and frozen["sha256"][:12] in page and "label=x" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        assert crawl.fail("ended for good")  # a terminal crawl no longer needs its copy
+    assert not redis_client.exists(keys.package(crawl.code, frozen["sha256"]))
 
 
 def test_a_worker_refuses_code_that_does_not_match_its_hash(redis_client, tmp_path):
