@@ -47,6 +47,33 @@ class _Outcome:
         self.reason = reason
 
 
+def _deployed_spider(code, worker, redis_url, definition, overrides):
+    """Settings, spider class and spider arguments of a deployed project's spider: the version the
+    crawl froze at launch, fetched once (hash-checked) and imported from the local cache."""
+    from scrapy.spiderloader import get_spider_loader
+
+    from . import packages
+    from .settings import crawl_settings
+
+    frozen = definition["operator"]["package"]
+    if os.environ.get("CRAWLSITE_DEPLOYED_CODE", "1").strip() == "0":
+        raise ValueError(f"this worker does not run deployed code (CRAWLSITE_DEPLOYED_CODE=0): crawl {code} runs "
+                         f"version {frozen.get('version')!r} of package {frozen.get('name')!r}; nothing was imported")
+    binary = get_redis(redis_url or os.environ.get("REDIS_URL"), decode_responses=False)
+    try:
+        file = packages.fetch(binary, code, frozen["sha256"])
+    finally:
+        binary.close()
+    archive = packages.describe(file.read_bytes())
+    project = packages.load_settings(archive, file)
+    settings = crawl_settings(definition, code, worker, redis_url, overrides, project=project)
+    spider = definition["spider"]
+    spidercls = get_spider_loader(settings).load(spider["spider"])
+    logger.info("Crawl %s runs spider %s of %s version %s (sha256 %s)", code, spider["spider"], frozen["name"],
+                frozen["version"], frozen["sha256"][:12])
+    return settings, spidercls, dict(spider.get("args") or {})
+
+
 def run(code: str, worker: str, redis_url: str | None = None, overrides: dict | None = None) -> int:
     from scrapy import signals
     from scrapy.crawler import CrawlerProcess
@@ -70,13 +97,17 @@ def run(code: str, worker: str, redis_url: str | None = None, overrides: dict | 
         if not raw:
             raise ValueError(f"crawl {code} has no definition in Redis")
         definition = json.loads(raw)
-        settings = crawl_settings(definition, code, worker, redis_url, overrides)
-        spidercls = load_object(spider_path(definition))
+        deployed = (definition.get("operator") or {}).get("package")
+        if deployed:
+            settings, spidercls, kwargs = _deployed_spider(code, worker, redis_url, definition, overrides)
+        else:
+            settings = crawl_settings(definition, code, worker, redis_url, overrides)
+            spidercls = load_object(spider_path(definition))
+            kwargs = {"definition": definition} if hasattr(spidercls, "apply_definition") else {}
         process = CrawlerProcess(settings)
         crawler = process.create_crawler(spidercls)
         outcome = _Outcome()
         crawler.signals.connect(outcome.spider_closed, signal=signals.spider_closed)
-        kwargs = {"definition": definition} if hasattr(spidercls, "apply_definition") else {}
         process.crawl(crawler, **kwargs)
         process.start()
     except Exception as exc:

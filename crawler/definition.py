@@ -217,6 +217,81 @@ def _check_spider(value: str, path: str, errors: _Errors, spiders: list[str]) ->
     return value
 
 
+_PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,99}$")
+_SPIDER_NAME_RE = re.compile(r"^[\w.:-]{1,128}$")
+_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+RESERVED_ARGS = ("name", "crawler", "settings", "custom_settings", "start_urls", "definition")
+MAX_ARGS = 50
+MAX_ARG_LENGTH = 10_000
+DEPLOYED_FIELDS = ("package", "spider", "version", "args")
+
+
+def check_spider_args(args: Any, path: str, errors: _Errors) -> dict[str, str]:
+    """Spider arguments (``-a name=value``): identifiers mapped to strings, bounded in number and size."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        errors.add(path, "Must be an object of argument name -> string value.")
+        return {}
+    if len(args) > MAX_ARGS:
+        errors.add(path, f"At most {MAX_ARGS} arguments.")
+        return {}
+    out = {}
+    for name, value in args.items():
+        where = f"{path}.{name}"[:200]
+        if not isinstance(name, str) or not _ARG_NAME_RE.match(name):
+            errors.add(where, "An argument name is letters, digits and _, not starting with a digit (max 64).")
+        elif name in RESERVED_ARGS:
+            errors.add(where, f"{name!r} is reserved (it would replace the spider's own attribute).")
+        elif not isinstance(value, str):
+            errors.add(where, "Must be a string (Scrapy passes spider arguments as strings).")
+        elif len(value) > MAX_ARG_LENGTH:
+            errors.add(where, f"At most {MAX_ARG_LENGTH} characters.")
+        elif "\x00" in value:
+            errors.add(where, "NUL characters are not allowed.")
+        else:
+            out[name] = value
+    return out
+
+
+def _check_deployed(value: dict, errors: _Errors, packages: dict | None) -> dict:
+    """A spider of a deployed package: ``{package, spider, version ("" = latest), args}``.
+    With ``packages`` (``{package: {version: [spiders]}}``, versions oldest first) the names are
+    checked against what the owner deployed; nothing is imported."""
+    out = {"package": "", "spider": "", "version": "", "args": {}}
+    for extra in sorted(set(value) - set(DEPLOYED_FIELDS)):
+        errors.add(f"spider.{extra}"[:200], f"Unknown field (expected one of: {', '.join(DEPLOYED_FIELDS)}).")
+    for key, pattern, what in (("package", _PACKAGE_RE, "a package name (letters, digits, _ . -; max 64)"),
+                               ("spider", _SPIDER_NAME_RE, "a spider name (letters, digits, _ . : -; max 128)")):
+        raw = value.get(key)
+        if not isinstance(raw, str) or not pattern.match(raw.strip()):
+            errors.add(f"spider.{key}", f"Must be {what}.")
+        else:
+            out[key] = raw.strip()
+    version = value.get("version") or ""
+    if not isinstance(version, str) or (version.strip() and not _VERSION_RE.match(version.strip())):
+        errors.add("spider.version", "Must be a version name (letters, digits, _ . + : -; max 100), or empty for the latest.")
+    else:
+        out["version"] = version.strip()
+    out["args"] = check_spider_args(value.get("args"), "spider.args", errors)
+    if packages is None or any(k in errors for k in ("spider.package", "spider.spider", "spider.version")):
+        return out
+    versions = packages.get(out["package"])
+    if versions is None:
+        errors.add("spider.package", f"You have deployed no package {out['package']!r}. "
+                                     f"Yours: {', '.join(sorted(packages)) or 'none yet'}.")
+        return out
+    if out["version"] and out["version"] not in versions:
+        errors.add("spider.version", f"Package {out['package']!r} has no version {out['version']!r}.")
+        return out
+    spiders = versions[out["version"]] if out["version"] else (list(versions.values())[-1] if versions else [])
+    if out["spider"] not in spiders:
+        errors.add("spider.spider", f"No spider {out['spider']!r} in {out['package']!r} "
+                                    f"{out['version'] or '(latest version)'}. It has: {', '.join(spiders) or 'none'}.")
+    return out
+
+
 def _check_setting(name: str, value: Any, path: str, errors: _Errors) -> Any:
     spec = ALLOWED_SETTINGS[name]
     kind = spec["type"]
@@ -278,11 +353,13 @@ def _section(data: dict, key: str, errors: _Errors, allowed: tuple[str, ...]) ->
     return value
 
 
-def validate(data: dict, spiders: Iterable[str] = ()) -> dict:
+def validate(data: dict, spiders: Iterable[str] = (), packages: dict | None = None) -> dict:
     """Validate and normalize a crawl definition; raise :class:`DefinitionError` if invalid.
 
     ``spiders`` are the names of the custom spiders the operator installed (``CRAWLSITE_SPIDERS``);
-    ``spider`` must be one of them (or empty: the built-in spider driven by ``item``).
+    ``spider`` must be one of them, or an object naming a spider of a deployed package
+    (``packages``, see :func:`_check_deployed`), or empty: the built-in spider driven by ``item``.
+    A deployed spider starts from its own ``start()``: start URLs are optional.
     """
     errors = _Errors()
     spiders = sorted(spiders)
@@ -303,9 +380,13 @@ def validate(data: dict, spiders: Iterable[str] = ()) -> dict:
     elif _check_no_controls(name, "name", errors):
         out["name"] = name.strip()
 
+    deployed = isinstance(data.get("spider"), dict)
+
     # start_urls
     urls = data.get("start_urls")
-    if urls is None or urls == []:
+    if (urls is None or urls == []) and deployed:
+        urls = []
+    elif urls is None or urls == []:
         errors.add("start_urls", "At least one start URL is required.")
     elif isinstance(urls, str):
         errors.add("start_urls", "Must be a list of URLs.")
@@ -367,11 +448,13 @@ def validate(data: dict, spiders: Iterable[str] = ()) -> dict:
 
     # spider
     spider = data.get("spider", "") or ""
-    if not isinstance(spider, str):
+    if deployed:
+        out["spider"] = _check_deployed(spider, errors, packages)
+    elif not isinstance(spider, str):
         errors.add("spider", "Must be the name of an installed spider, or empty.")
         spider = ""
-    spider = spider.strip()
-    if spider:
+    spider = spider if deployed else spider.strip()
+    if spider and not deployed:
         out["spider"] = _check_spider(spider, "spider", errors, spiders)
 
     # item

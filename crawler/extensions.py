@@ -175,7 +175,23 @@ class Control:
             self._stop_started = None
             sched = self._scheduler()
             leases = len(getattr(sched, "tracker", ())) if sched is not None else 0
-            self.state = "running" if (leases or not self._idle()) else "idle"
+            if leases or not self._idle():
+                self.state = "running"
+            elif self._start_pending():
+                # The spider's start() has not produced everything yet (a deployed spider's may
+                # await something first): the crawl is not out of work, the conductor waits.
+                self.state = "starting"
+            else:
+                self.state = "idle"
+
+    def _start_pending(self) -> bool:
+        """Whether the engine, otherwise idle, still reads the spider's start() (Scrapy's own
+        ``spider_is_idle`` says no while start items or requests are left)."""
+        engine = self.engine
+        try:
+            return engine is not None and engine.spider is not None and not engine.spider_is_idle()
+        except RuntimeError:  # no engine slot yet: the spider is opening
+            return True
 
     def _holds_leases(self) -> bool:
         sched = self._scheduler()

@@ -39,6 +39,14 @@ def definition(code: str) -> str:
     return _key(code, "definition")
 
 
+def package(code: str, digest: str) -> str:
+    """STRING: the bytes of the deployed version (egg or zip) crawl ``code`` runs, by its sha256.
+    Kept with the crawl's other keys, so deleting the version never takes it from the crawl."""
+    if not isinstance(digest, str) or not re.match(r"^[0-9a-f]{64}$", digest):
+        raise ValueError(f"invalid sha256 digest {digest!r}")
+    return _key(code, "package", digest)
+
+
 def control(code: str) -> str:
     """STRING: run|pause|stop|finish."""
     return _key(code, "control")

@@ -65,10 +65,16 @@ def allowed_networks(environ: dict[str, str] | None = None) -> str:
 
 
 def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url: str | None = None,
-                   overrides: dict[str, Any] | None = None) -> Settings:
-    """Settings for ``python -m crawler run``: Scrapy defaults, our components, the definition."""
+                   overrides: dict[str, Any] | None = None, project: Settings | None = None) -> Settings:
+    """Settings for ``python -m crawler run``: Scrapy defaults, our components, the definition.
+
+    ``project`` is a deployed project's own settings (:func:`crawler.packages.load_settings`): they
+    replace our defaults (bot name, robots.txt, log level...), and our components, the crawl's
+    settings and the network policy are layered on top at the command line's priority. Component
+    dicts are merged: the project's middlewares, extensions and pipelines stay, Crawlsite's item
+    pipeline runs after the project's own.
+    """
     limits = definition.get("limits") or {}
-    components = {name: (value, "cmdline" if name == "SCHEDULER" else "project") for name, value in COMPONENTS.items()}
     return fetch_settings(definition, {
         "CRAWLSITE_CRAWL": code,
         "CRAWLSITE_WORKER": worker,
@@ -76,17 +82,19 @@ def crawl_settings(definition: dict[str, Any], code: str, worker: str, redis_url
         "CRAWLSITE_MAX_PAGES": int(limits.get("max_pages", 0)),
         "CRAWLSITE_MAX_ITEMS": int(limits.get("max_items", 0)),
         "CRAWLSITE_MAX_ITEM_BYTES": max_item_bytes(definition),
-    }, components, overrides)
+    }, COMPONENTS, overrides, project)
 
 
 def fetch_settings(definition: dict[str, Any], extra: dict[str, Any] | None = None,
-                   components: dict[str, tuple[Any, str]] | None = None,
-                   overrides: dict[str, Any] | None = None) -> Settings:
-    """How a worker fetches for a definition: Scrapy defaults, the definition's settings, the
-    network policy and the size limit. ``extra`` (project priority) and ``components`` (name ->
-    (value, priority)) add what a crawl needs on top (Redis scheduler, pipeline...); the
-    preview (:mod:`crawler.preview`) uses it bare."""
-    settings = Settings()
+                   components: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                   project: Settings | None = None) -> Settings:
+    """How a worker fetches for a definition: Scrapy defaults (or a deployed ``project``'s own
+    settings), the definition's settings, the network policy and the size limit. ``extra`` and
+    ``components`` add what a crawl needs on top (Redis scheduler, pipeline...), above a project's
+    own settings; the preview (:mod:`crawler.preview`) uses it bare."""
+    settings = project.copy() if project is not None else Settings()
+    base = "command" if project is not None else "project"  # below a project's own settings
+    ours = "cmdline" if project is not None else "project"  # above them
     settings.setdict({
         "BOT_NAME": "crawlsite",
         "LOG_LEVEL": "INFO",
@@ -94,17 +102,19 @@ def fetch_settings(definition: dict[str, Any], extra: dict[str, Any] | None = No
         "TELNETCONSOLE_ENABLED": False,
         "DEPTH_LIMIT": int((definition.get("limits") or {}).get("max_depth", 0)),
         "DOWNLOAD_MAXSIZE": DOWNLOAD_MAXSIZE,
-        **(extra or {}),
-    }, priority="project")
-    for name, (value, priority) in (components or {}).items():
-        settings.set(name, value, priority=priority)
+    }, priority=base)
+    settings.setdict(extra or {}, priority=ours)
+    for name, value in (components or {}).items():
+        if project is not None and isinstance(value, dict):
+            value = merged_components(name, settings.getdict(name), value)
+        settings.set(name, value, priority="cmdline" if name == "SCHEDULER" else ours)
     for name, value in (definition.get("settings") or {}).items():
         if name in ALLOWED_SETTINGS and not (name == "USER_AGENT" and not value):
-            settings.set(name, value, priority="project")
+            settings.set(name, value, priority=ours)
     for name in ENV_FLOAT_SETTINGS:
         value = env_seconds(name)
         if value is not None:
-            settings.set(name, value, priority="project")
+            settings.set(name, value, priority=ours)
     for name, value in NETWORK.items():
         settings.set(name, value, priority="cmdline")
     settings.set(ALLOWED_NETWORKS, allowed_networks(), priority="cmdline")
@@ -115,11 +125,25 @@ def fetch_settings(definition: dict[str, Any], extra: dict[str, Any] | None = No
             parse_allowed(value)
         settings.set(name, value, priority="cmdline")
     # Warn at half the limit (Scrapy's own default of 32 MiB would equal ours, or exceed a
-    # smaller one). A definition validated today never holds 0; an old one is clamped.
+    # smaller one). A definition validated today never holds 0; an old one (or a project's own
+    # setting) is clamped into the allowed range.
     maxsize = settings.getint("DOWNLOAD_MAXSIZE") or DOWNLOAD_MAXSIZE
+    maxsize = min(maxsize, ALLOWED_SETTINGS["DOWNLOAD_MAXSIZE"]["max"])
     settings.set("DOWNLOAD_MAXSIZE", maxsize, priority="cmdline")
     settings.set("DOWNLOAD_WARNSIZE", maxsize // 2, priority="cmdline")
     return settings
+
+
+def merged_components(name: str, theirs: dict, ours: dict) -> dict:
+    """A deployed project's component dict with ours added (ours win on the same key). Our item
+    pipeline gets an order after every pipeline of the project's."""
+    merged = dict(theirs)
+    for key, order in ours.items():
+        if name == "ITEM_PIPELINES" and isinstance(order, int):
+            orders = [v for v in theirs.values() if isinstance(v, int) and not isinstance(v, bool)]
+            order = max([order] + [v + 1 for v in orders])
+        merged[key] = order
+    return merged
 
 
 def env_seconds(name: str, default: float | None = None) -> float | None:

@@ -235,6 +235,11 @@ PREVIEWS_PER_MINUTE = env_int("PREVIEWS_PER_MINUTE", 10, minimum=1, maximum=10_0
 PREVIEW_TIMEOUT = env_float("PREVIEW_TIMEOUT", 40, minimum=5, maximum=600)
 # Largest definition file accepted by "Import" on the project form (bytes).
 DEFINITION_IMPORT_MAX_BYTES = env_int("DEFINITION_IMPORT_MAX_BYTES", 512 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
+# Largest deployed Scrapy project (egg or zip upload, bytes), and how long listing its spiders
+# may take (a subprocess: docs/deploy.md).
+CRAWLSITE_MAX_PACKAGE_BYTES = env_int("CRAWLSITE_MAX_PACKAGE_BYTES", 20 * 1024 * 1024, minimum=1024,
+                                      maximum=512 * 1024 * 1024)
+CRAWLSITE_INSPECT_TIMEOUT = env_float("CRAWLSITE_INSPECT_TIMEOUT", 60, minimum=1, maximum=3600)
 # Items moved from Redis to the database per crawl per conductor tick, at most.
 CONDUCTOR_ITEM_BATCH = env_int("CONDUCTOR_ITEM_BATCH", 2000, minimum=1, maximum=100_000)
 # Seconds between two copies of an active crawl's history (series, log, counters) to the database.

@@ -1,8 +1,8 @@
 from django.contrib import admin
 
 from dashboard.forms import ProjectAdminForm
-from dashboard.models import (ApiToken, Channel, Crawl, CrawlHistory, Delivery, Item, Monitor, Project, Schedule,
-                               ScheduleFire)
+from dashboard.models import (ApiToken, Channel, Crawl, CrawlHistory, Delivery, Item, Monitor, Package,
+                               PackageVersion, Project, Schedule, ScheduleFire)
 
 
 @admin.register(Project)
@@ -116,3 +116,29 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False  # the delivery log is a record of what happened
+
+
+class PackageVersionInline(admin.TabularInline):
+    model = PackageVersion
+    fields = ["version", "kind", "size", "sha256", "spiders", "uploader", "uploaded_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = True
+
+    def has_add_permission(self, request, obj=None):
+        return False  # versions are uploaded (scrapyd-deploy, the API, the Code page): inspected first
+
+
+@admin.register(Package)
+class PackageAdmin(admin.ModelAdmin):
+    """Deployed Scrapy projects. Who may upload is the ``dashboard | package | Can deploy code``
+    permission (staff have it by default): grant it on a user or a group."""
+
+    list_display = ["name", "owner", "created_at"]
+    list_filter = ["owner"]
+    search_fields = ["name"]
+    readonly_fields = ["owner", "name", "created_at"]
+    inlines = [PackageVersionInline]
+
+    def has_add_permission(self, request):
+        return False

@@ -8,6 +8,7 @@ Another user's project, crawl or token answers 404.
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -26,16 +27,21 @@ from dashboard import engine, history, live, monitors, notify, quotas, schedules
 from dashboard import preview as previews
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
 from dashboard.models import (
+    DEPLOY_PERMISSION,
     ApiToken,
     Channel,
     Crawl,
     Delivery,
     Monitor,
+    DeployError,
     ExpiredToken,
     InvalidTransition,
+    Package,
+    PackageVersion,
     Project,
     Schedule,
     TokenError,
+    too_large,
     validate_definition,
 )
 from dashboard.redis import get_redis
@@ -212,11 +218,11 @@ def _crawl(request, code):
     return get_object_or_404(Crawl.objects.for_user(request.user).select_related("project", "schedule"), code=code)
 
 
-def _validated(payload):
+def _validated(request, payload):
     if not isinstance(payload, dict):
         return None, Status(422, {"detail": "The crawl definition must be a JSON object.", "errors": {}})
     try:
-        return validate_definition(payload), None
+        return validate_definition(payload, owner=request.user), None
     except DefinitionError as exc:
         return None, Status(422, {"detail": "Invalid crawl definition.", "errors": exc.errors})
 
@@ -229,6 +235,121 @@ def _save(project, definition):
     except IntegrityError:
         return Status(409, {"detail": f"You already have a project named {definition['name']!r}."})
     return None
+
+
+class VersionOut(Schema):
+    version: str
+    kind: str
+    sha256: str
+    size: int
+    spiders: list[str]
+    uploader: str | None
+    uploaded_at: datetime
+
+
+class PackageOut(Schema):
+    name: str
+    created_at: datetime
+    latest: str | None
+    spiders: list[str]  # of the latest version
+    versions: list[VersionOut]  # oldest first, as Scrapyd lists them
+
+
+def version_out(row):
+    return {"version": row.version, "kind": row.kind, "sha256": row.sha256, "size": row.size,
+            "spiders": row.spiders, "uploader": row.uploader.get_username() if row.uploader else None,
+            "uploaded_at": row.uploaded_at}
+
+
+def package_out(package):
+    versions = [version_out(v) for v in package.versions.defer("data").select_related("uploader")
+                .order_by("uploaded_at", "id")]
+    return {"name": package.name, "created_at": package.created_at, "versions": versions,
+            "latest": versions[-1]["version"] if versions else None,
+            "spiders": versions[-1]["spiders"] if versions else []}
+
+
+def _package(request, name):
+    return get_object_or_404(Package.objects.for_user(request.user), name=name)
+
+
+@api.get("/packages", response=list[PackageOut], tags=["code"])
+def list_packages(request):
+    """Your deployed Scrapy projects (docs/deploy.md), each with its versions and spiders."""
+    return [package_out(p) for p in Package.objects.for_user(request.user)]
+
+
+@api.get("/packages/{name}", response={200: PackageOut, 404: ErrorOut}, tags=["code"])
+def get_package(request, name: str):
+    return package_out(_package(request, name))
+
+
+@api.post("/packages/{name}/versions", response={201: VersionOut, 403: ErrorOut, 422: ValidationOut},
+          tags=["code"])
+def upload_version(request, name: str):
+    """Upload a version of package ``name`` (created on its first version): a multipart form with
+    ``version`` (a new version name) and ``file`` (an egg, or a zip of the folder holding
+    scrapy.cfg). Its spiders are listed in a subprocess first; 422 names what is wrong (not a zip
+    or egg, no Scrapy project, the project's traceback, an existing version) and nothing is
+    stored. Needs the ``deploy`` permission (403)."""
+    if not Package.may_deploy(request.user):
+        return Status(403, {"detail": DEPLOY_PERMISSION})
+    limit = settings.CRAWLSITE_MAX_PACKAGE_BYTES
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit() or int(length) > limit + 64 * 1024:  # refused before the body is read
+        return Status(422, {"detail": too_large(), "errors": {"file": [too_large()]}})
+    upload = request.FILES.get("file")
+    if upload is None:
+        return Status(422, {"detail": "No file uploaded.", "errors": {"file": ["Send the egg or zip as 'file'."]}})
+    if upload.size > limit:
+        return Status(422, {"detail": too_large(upload.size), "errors": {"file": [too_large(upload.size)]}})
+    try:
+        row = PackageVersion.add(request.user, name, request.POST.get("version", ""), upload.read())
+    except DeployError as exc:
+        return Status(422, {"detail": str(exc), "errors": {exc.field: [str(exc)]}})
+    return Status(201, version_out(row))
+
+
+@api.delete("/packages/{name}", response={204: None, 404: ErrorOut}, tags=["code"])
+def delete_package(request, name: str):
+    """Delete the package and every version. Crawls already running keep their code."""
+    _package(request, name).delete()
+    return Status(204, None)
+
+
+@api.delete("/packages/{name}/versions/{version}", response={204: None, 404: ErrorOut}, tags=["code"])
+def delete_version(request, name: str, version: str):
+    """Delete one version (the package too if it was the last). Crawls already running keep it."""
+    get_object_or_404(_package(request, name).versions.defer("data"), version=version).remove()
+    return Status(204, None)
+
+
+class RunIn(Schema):
+    spider: str = ""
+    version: str = ""
+    workers: StrictInt = 1
+    args: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+
+
+@api.post("/packages/{name}/crawls",
+          response={201: CrawlOut, 404: ErrorOut, 409: ErrorOut, 422: ValidationOut, 503: ErrorOut}, tags=["code"])
+def run_spider(request, name: str, payload: RunIn):
+    """Run a spider of the package (``version`` empty: the latest) with spider ``args`` and
+    ``settings`` (the definition's whitelist) on ``workers`` workers."""
+    package = _package(request, name)
+    try:
+        crawl = engine.launch_deployed(request.user, package.name, payload.spider, payload.version, payload.args,
+                                       payload.settings, payload.workers, trigger=Crawl.TRIGGER_API)
+    except DefinitionError as exc:
+        return Status(422, {"detail": "Invalid run.", "errors": exc.errors})
+    except engine.LaunchError as exc:
+        status = 503 if "Redis is unreachable" in str(exc) else 422
+        return Status(status, {"detail": str(exc), "errors": {}})
+    except quotas.QuotaExceeded as exc:
+        return Status(409, {"detail": str(exc)})
+    crawl.refresh_from_db()
+    return Status(201, crawl_out(crawl))
 
 
 class SpidersOut(Schema):
@@ -251,7 +372,7 @@ def create_project(request, payload: dict[str, Any] = Body(...)):
     is imported. Regexes (``follow.allow``, ``follow.deny``, ``item.url_pattern``) must compile
     with RE2: no lookaround, no backreferences. String settings and ``name`` refuse control
     characters."""
-    definition, error = _validated(payload)
+    definition, error = _validated(request, payload)
     if error:
         return error
     project = Project(owner=request.user)
@@ -281,7 +402,7 @@ def get_definition(request, project_id: str):
 def update_project(request, project_id: str, payload: dict[str, Any] = Body(...)):
     """Replace the definition. Crawls already launched keep their frozen copy."""
     project = _project(request, project_id)
-    definition, error = _validated(payload)
+    definition, error = _validated(request, payload)
     if error:
         return error
     conflict = _save(project, definition)
@@ -547,7 +668,8 @@ async def preview(request, payload: dict[str, Any] = Body(...)):
     Async: the wait for the preview's subprocess holds no thread of the web process."""
     extra = sorted(set(payload) - {"definition", "url", "depth"})
     errors = {key: ["Unknown field (expected definition, url, depth)."] for key in extra}
-    definition, error = _validated(payload.get("definition"))
+    # The validator may look up the user's deployed packages: database work, off the event loop.
+    definition, error = await sync_to_async(_validated)(request, payload.get("definition"))
     if error:
         errors.update(error.value["errors"] or {"definition": [error.value["detail"]]})
     try:

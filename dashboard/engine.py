@@ -14,7 +14,13 @@ from crawler import state
 from crawler.counters import COUNTERS, DONE_STATES
 from crawler.definition import MAX_WORKERS, DefinitionError
 from dashboard import history, ingest, jobs, quotas
-from dashboard.models import Crawl, InvalidTransition, frozen_definition, validate_definition
+from dashboard.models import (
+    Crawl,
+    InvalidTransition,
+    Project,
+    frozen_definition,
+    validate_definition,
+)
 from dashboard.redis import get_redis
 
 log = logging.getLogger(__name__)
@@ -36,12 +42,14 @@ def check_workers(count):
         raise LaunchError(f"workers must be a whole number from 1 to {MAX_WORKERS}")
 
 
-def launch(project, workers=None, trigger=Crawl.TRIGGER_USER, schedule=None):
+def launch(project, workers=None, trigger=Crawl.TRIGGER_USER, schedule=None, definition=None):
     """Create a crawl of ``project`` and start it on ``workers`` workers (default: the definition's).
     ``trigger`` records what started it (``Crawl.TRIGGER_CHOICES``), ``schedule`` the schedule that
-    fired it (dashboard/schedules.py)."""
+    fired it (dashboard/schedules.py). ``definition`` replaces the project's for this crawl only (a
+    deployed spider run with its own arguments and settings)."""
     try:
-        definition = frozen_definition(validate_definition(project.definition))
+        definition = project.definition if definition is None else definition
+        definition = frozen_definition(validate_definition(definition, owner=project.owner), owner=project.owner)
     except DefinitionError as exc:
         raise LaunchError(f"The project's definition is invalid: {exc}") from None
     count = definition["workers"] if workers is None else workers
@@ -58,6 +66,8 @@ def launch(project, workers=None, trigger=Crawl.TRIGGER_USER, schedule=None):
 def start(crawl):
     """Write the crawl to Redis, seed it, and enqueue its worker jobs. Never leaves it pending."""
     try:
+        if not put_package(crawl):
+            return
         state.launch(get_redis(), crawl.code, crawl.definition)
         jobs.enqueue(crawl.code, crawl.definition, crawl.next_worker_ids(crawl.workers), crawl.project.name)
     except RedisError as exc:
@@ -65,6 +75,32 @@ def start(crawl):
         crawl.fail(f"Could not start: Redis is unreachable ({exc}).")
         return
     crawl.mark_started()
+
+
+def launch_deployed(owner, package, spider, version="", args=None, settings=None, workers=1,
+                    trigger=Crawl.TRIGGER_USER):
+    """Run spider ``spider`` of ``owner``'s deployed ``package`` (``version`` or the latest) with
+    spider arguments ``args``, Scrapy ``settings`` (the definition's whitelist) and ``workers``.
+    The crawl belongs to the owner's project for that (package, spider), created on first use.
+    Raises DefinitionError (bad input, by field), LaunchError or quotas.QuotaExceeded."""
+    definition = validate_definition({
+        "name": f"{package} {spider}"[:200], "start_urls": [], "workers": workers, "settings": settings or {},
+        "spider": {"package": package, "spider": spider, "version": version, "args": args or {}},
+    }, owner=owner)
+    check_workers(workers)
+    project = Project.for_deployed_spider(owner, package, spider)
+    return launch(project, workers=workers, trigger=trigger, definition=definition)
+
+
+def put_package(crawl):
+    """The deployed version a crawl runs, into the crawl's Redis state: workers fetch it from
+    there, so deleting the version later never takes it from the crawl. False (and the crawl
+    failed) if the version went away before the crawl could start."""
+    if crawl.put_code(get_redis()):
+        return True
+    frozen = crawl.deployed_version()
+    crawl.fail(f"Could not start: version {frozen['version']} of package {frozen['name']} was deleted.")
+    return False
 
 
 ACTIONS = ("pause", "resume", "stop", "force_stop", "cancel")

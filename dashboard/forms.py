@@ -13,7 +13,7 @@ from django.conf import settings as django_settings
 
 from crawler.definition import ALLOWED_SETTINGS, MAX_WORKERS, DefinitionError, default_definition
 from dashboard import schedules
-from dashboard.models import ApiToken, Project, Schedule, TokenError, validate_definition
+from dashboard.models import ApiToken, Package, Project, Schedule, TokenError, too_large, validate_definition
 
 FIELD_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\[\])?\s*:\s*(\S.*)$")
 LIMITS = ("max_depth", "max_pages", "max_items", "max_duration")
@@ -34,6 +34,8 @@ ERROR_FIELDS = [
     ("item.selector", "item_selector"),
     ("item.fields", "fields"),
     ("item", "fields"),
+    ("spider.version", "spider_version"),
+    ("spider.args", "spider_args"),
     ("spider", "spider"),
     ("settings", "settings"),
     ("workers", "workers"),
@@ -164,6 +166,18 @@ def parse_settings(text):
     return values, problems
 
 
+def parse_spider_args(text):
+    """``name=value`` per line (a deployed spider's arguments, Scrapy's -a); the value is text."""
+    args, problems = {}, []
+    for number, line in enumerate(_lines(text), start=1):
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            problems.append(f"Line {number}: write it as “name=value”.")
+            continue
+        args[name.strip()] = value.strip()
+    return args, problems
+
+
 def format_settings(settings):
     return "\n".join(f"{name} = {json.dumps(value) if not isinstance(value, str) else value}" for name, value in settings.items())
 
@@ -171,7 +185,8 @@ def format_settings(settings):
 class ProjectForm(forms.Form):
     name = forms.CharField(max_length=200, help_text="Shown in the dashboard.")
     start_urls = forms.CharField(
-        widget=_textarea(3, "https://example.com/"), help_text="One absolute http(s) URL per line (up to 1,000)."
+        required=False, widget=_textarea(3, "https://example.com/"),
+        help_text="One absolute http(s) URL per line (up to 1,000). A deployed spider starts from its own start().",
     )
     allowed_domains = forms.CharField(
         required=False, widget=_textarea(2, "example.com"),
@@ -203,6 +218,12 @@ class ProjectForm(forms.Form):
         "End a name with [] to keep every match.",
     )
     spider = forms.ChoiceField(label="Spider", required=False, choices=())
+    spider_version = forms.CharField(label="Deployed version", required=False, max_length=100,
+                                     help_text="For a deployed spider: the version to run; empty = the latest.")
+    spider_args = forms.CharField(
+        label="Spider arguments", required=False, widget=_textarea(2, "category=books"),
+        help_text="For a deployed spider: “name=value” per line, passed as Scrapy's -a name=value.",
+    )
     settings = forms.CharField(
         label="Scrapy settings", required=False, widget=_textarea(3, "CONCURRENT_REQUESTS = 16\nDOWNLOAD_DELAY = 0.25"),
         help_text="“NAME = value” per line. Allowed: " + ", ".join(sorted(ALLOWED_SETTINGS)) + ". "
@@ -234,11 +255,16 @@ class ProjectForm(forms.Form):
     )
 
     BUILT_IN = ("", "Built-in: extract the fields above")
+    DEPLOYED = "deployed:"  # choice values of deployed spiders: deployed:PACKAGE/SPIDER
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, owner=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.owner = owner
         installed = sorted(django_settings.CRAWLSITE_SPIDERS)
         choices = [self.BUILT_IN] + [(name, name) for name in installed]
+        for package, versions in (Package.catalog(owner) if owner is not None else {}).items():
+            spiders = sorted({spider for names in versions.values() for spider in names})
+            choices += [(f"{self.DEPLOYED}{package}/{spider}", f"{package}: {spider} (deployed)") for spider in spiders]
         current = self.initial.get("spider") or ""
         if current and current not in installed:
             # An old dotted path, or a spider the operator removed: kept as a choice so that
@@ -262,7 +288,11 @@ class ProjectForm(forms.Form):
             "item_url_pattern": d["item"].get("url_pattern", ""),
             "item_selector": d["item"].get("selector", ""),
             "fields": format_fields(d["item"].get("fields", [])),
-            "spider": d["spider"],
+            "spider": (f"{cls.DEPLOYED}{d['spider']['package']}/{d['spider']['spider']}"
+                       if isinstance(d["spider"], dict) else d["spider"]),
+            "spider_version": d["spider"].get("version", "") if isinstance(d["spider"], dict) else "",
+            "spider_args": "\n".join(f"{k}={v}" for k, v in d["spider"].get("args", {}).items())
+            if isinstance(d["spider"], dict) else "",
             "settings": format_settings(d["settings"]),
             "workers": d["workers"],
             "unique_key": ", ".join(d.get("unique_key") or []),
@@ -306,7 +336,7 @@ class ProjectForm(forms.Form):
             "limits": {limit: data[limit] for limit in LIMITS if data.get(limit) is not None},
             "item": {"url_pattern": data.get("item_url_pattern", ""), "selector": data.get("item_selector", ""),
                      "fields": fields},
-            "spider": data.get("spider", ""),
+            "spider": self.chosen_spider(data),
             "settings": settings,
             "workers": data["workers"] if data.get("workers") is not None else 1,
             "validation": {"required": _lines(data.get("required_fields")), "rules": rules, "schema": schema},
@@ -314,13 +344,24 @@ class ProjectForm(forms.Form):
         }
         marked = set(self.errors)
         try:
-            definition = validate_definition(raw)
+            definition = validate_definition(raw, owner=self.owner)
         except DefinitionError as exc:
             self.add_definition_errors(exc.errors, skip=marked)
         else:
             if not self.errors:
                 data["definition"] = definition
         return data
+
+    def chosen_spider(self, data):
+        """The definition's ``spider``: an operator spider's name, or a deployed spider's object."""
+        value = data.get("spider", "")
+        if not value.startswith(self.DEPLOYED):
+            return value
+        package, _, spider = value[len(self.DEPLOYED):].partition("/")
+        args, problems = parse_spider_args(data.get("spider_args"))
+        for problem in problems:
+            self.add_error("spider_args", problem)
+        return {"package": package, "spider": spider, "version": data.get("spider_version", ""), "args": args}
 
     def field_for(self, path):
         """The form field that shows a validator error at dotted ``path``."""
@@ -353,6 +394,10 @@ class DefinitionImportForm(forms.Form):
 
     file = forms.FileField(label="Definition file (.json)")
 
+    def __init__(self, *args, owner=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owner = owner  # a definition naming a deployed spider must name one of the owner's
+
     def clean_file(self):
         upload = self.cleaned_data["file"]
         limit = django_settings.DEFINITION_IMPORT_MAX_BYTES
@@ -368,11 +413,42 @@ class DefinitionImportForm(forms.Form):
         if not isinstance(data, dict):
             raise forms.ValidationError("The file must hold one JSON object: a crawl definition.")
         try:
-            self.cleaned_data["definition"] = validate_definition(data)
+            self.cleaned_data["definition"] = validate_definition(data, owner=self.owner)
         except DefinitionError as exc:
             raise forms.ValidationError(
                 [f"{path}: {' '.join(messages)}" for path, messages in sorted(exc.errors.items())]) from None
         return upload
+
+
+class UploadForm(forms.Form):
+    """A new version of a deployed Scrapy project, uploaded from the Code page."""
+
+    package = forms.CharField(max_length=64, help_text="The project's name (Scrapyd's “project”), e.g. “shopbot”.")
+    version = forms.CharField(max_length=100, help_text="A new name for this version, e.g. “r23” or “2026-12-01”.")
+    file = forms.FileField(label="Egg or zip", help_text="A zip of the folder that holds scrapy.cfg, or an egg "
+                                                          "built by “scrapyd-deploy --build-egg”.")
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > django_settings.CRAWLSITE_MAX_PACKAGE_BYTES:
+            raise forms.ValidationError(too_large(upload.size))
+        return upload
+
+
+class RunForm(forms.Form):
+    """Run a deployed spider: its version, workers and arguments (Scrapy's -a name=value)."""
+
+    spider = forms.CharField(max_length=128)
+    version = forms.CharField(max_length=100, required=False, help_text="Empty: the latest.")
+    workers = StrictIntegerField(min_value=1, max_value=MAX_WORKERS, initial=1)
+    args = forms.CharField(label="Arguments", required=False, widget=_textarea(2, "category=books"),
+                           help_text="“name=value” per line.")
+
+    def clean_args(self):
+        args, problems = parse_spider_args(self.cleaned_data.get("args"))
+        if problems:
+            raise forms.ValidationError(problems)
+        return args
 
 
 class TokenForm(forms.Form):

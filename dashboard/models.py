@@ -21,8 +21,10 @@ from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.urls import reverse
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from crawler import definition as crawl_definition
+from crawler import packages as crawl_packages
 from crawler import keys
 from crawler import leases as crawl_leases
 from crawler import state as crawl_state
@@ -70,6 +72,28 @@ class Project(models.Model):
         """Store an already validated definition; the name lives in both places."""
         self.definition = definition
         self.name = definition["name"]
+
+    @classmethod
+    def for_deployed_spider(cls, owner, package, spider):
+        """``owner``'s project that runs spider ``spider`` of deployed package ``package`` (what
+        Scrapyd's schedule.json and the Code page's Run launch), created on first use."""
+        found = cls.objects.filter(owner=owner, definition__spider__package=package,
+                                   definition__spider__spider=spider).order_by("id").first()
+        if found is not None:
+            return found
+        definition = crawl_definition.default_definition()
+        name = f"{package} {spider}"[:190]
+        if cls.objects.filter(owner=owner, name=name).exists():
+            name = f"{name} ({new_code(4)})"
+        definition.update(name=name, item={"url_pattern": "", "selector": "", "fields": []},
+                          spider={"package": package, "spider": spider, "version": "", "args": {}})
+        return cls.objects.create(owner=owner, name=name, definition=definition)
+
+    @property
+    def deployed_spider(self):
+        """``{package, spider, version, args}`` when the project runs a deployed spider, else None."""
+        spider = self.definition.get("spider")
+        return spider if isinstance(spider, dict) else None
 
     @property
     def uses_custom_spider(self):
@@ -318,6 +342,7 @@ class Crawl(models.Model):
                 crawl_state.launch(redis, code, definition)
             crawl_state.set_control(redis, code, "run")
             if relaunch:
+                self.put_code(redis, only_if_missing=True)  # Redis lost it too: from the database
                 jobs.enqueue(code, definition, ids, label)
 
         with transaction.atomic():
@@ -413,10 +438,41 @@ class Crawl(models.Model):
         return self._apply("finish", reason=reason, effects=effects)
 
     def mark_finished(self, stats):
-        return self._apply("finished", stats=stats)
+        return self._apply("finished", stats=stats, effects=self.drop_code)
 
     def fail(self, reason):
-        return self._apply("fail", reason=reason)
+        return self._apply("fail", reason=reason, effects=self.drop_code)
+
+    # -- deployed code (docs/deploy.md) ----------------------------------------------------------------
+
+    def deployed_version(self):
+        """``{name, version, sha256}`` of the deployed version this crawl runs, frozen at launch."""
+        return (self.definition.get("operator") or {}).get("package")
+
+    def put_code(self, redis, only_if_missing=False):
+        """The deployed version's bytes into the crawl's Redis state (key named by its sha256),
+        where its workers fetch them. False if the crawl runs a version gone from the database."""
+        frozen = self.deployed_version()
+        if not frozen:
+            return True
+        key = keys.package(self.code, frozen["sha256"])
+        if only_if_missing and redis.exists(key):
+            return True
+        data = (PackageVersion.objects.filter(package__owner_id=self.project.owner_id, sha256=frozen["sha256"])
+                .values_list("data", flat=True).first())
+        if data is None:
+            return False
+        redis.set(key, bytes(data))
+        return True
+
+    def drop_code(self):
+        """A crawl that ended for good no longer needs its copy of the deployed code in Redis."""
+        frozen = self.deployed_version()
+        if frozen:
+            try:
+                get_redis().delete(keys.package(self.code, frozen["sha256"]))
+            except RedisError:  # the crawl's other keys stay too; nothing depends on this one
+                pass
 
     # -- stalls (a flag on a running crawl, not a state) -------------------------------------------
 
@@ -658,22 +714,180 @@ class ApiToken(models.Model):
         return cls.objects.for_user(user).delete()[0]
 
 
-def validate_definition(data):
+DEPLOY_PERMISSION = ("Uploading code needs the 'deploy' permission (staff have it; an administrator can "
+                     "grant it in the admin: dashboard | package | Can deploy code).")
+
+
+def too_large(size=None):
+    """The message for an upload over CRAWLSITE_MAX_PACKAGE_BYTES (``size``: its size, if known)."""
+    limit = settings.CRAWLSITE_MAX_PACKAGE_BYTES
+    return (f"The upload is too large{f' ({size} bytes)' if size is not None else ''}: at most {limit} bytes are "
+            "accepted (CRAWLSITE_MAX_PACKAGE_BYTES).")
+
+
+class DeployError(ValueError):
+    """An upload refused; ``field`` names the input at fault (package, version, file)."""
+
+    def __init__(self, field, message):
+        self.field = field
+        super().__init__(message)
+
+
+class PackageQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(owner=user)
+
+
+PACKAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,99}$")
+
+
+class Package(models.Model):
+    """A user's deployed Scrapy project (Scrapyd's "project"): versions of its code (docs/deploy.md).
+    It belongs to its uploader, with the same access rules as projects."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="packages")
+    name = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PackageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="unique_package_name_per_owner")]
+        permissions = [("deploy", "Can deploy code (upload Scrapy projects that run on the workers)")]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("dashboard:package-detail", args=[self.name])
+
+    @staticmethod
+    def may_deploy(user):
+        """Uploading code runs it on the workers: staff, or users granted ``dashboard.deploy``."""
+        return bool(user.is_active and (user.is_staff or user.has_perm("dashboard.deploy")))
+
+    def latest(self):
+        return self.versions.order_by("-uploaded_at", "-id").first()
+
+    def version(self, version=""):
+        """The named version, or the latest when ``version`` is empty; None if there is none."""
+        if not version:
+            return self.latest()
+        return self.versions.filter(version=version).first()
+
+    @classmethod
+    def catalog(cls, owner):
+        """``{package: {version: [spiders]}}`` of ``owner``, versions oldest first (the definition
+        validator's view: no code bytes are read)."""
+        found = {}
+        rows = PackageVersion.objects.filter(package__owner=owner).order_by("uploaded_at", "id")
+        for name, version, spiders in rows.values_list("package__name", "version", "spiders"):
+            found.setdefault(name, {})[version] = list(spiders)
+        return found
+
+
+class PackageVersion(models.Model):
+    """One uploaded version: the archive's bytes (kept in the database, so losing Redis loses no
+    code), its sha256, size, the settings module and spiders found by inspection."""
+
+    package = models.ForeignKey(Package, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, choices=[("egg", "egg"), ("zip", "zip")])
+    data = models.BinaryField()
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.PositiveIntegerField()
+    settings_module = models.CharField(max_length=200)
+    spiders = models.JSONField(default=list)
+    uploader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                 related_name="+")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["uploaded_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["package", "version"], name="unique_version_per_package")]
+
+    def __str__(self):
+        return f"{self.package.name} {self.version}"
+
+    @classmethod
+    def add(cls, owner, package, version, data):
+        """Store ``data`` (an egg or a zipped Scrapy project) as ``version`` of ``owner``'s package
+        ``package`` (created on its first version). The archive is checked and its spiders listed in
+        a subprocess first; nothing is stored when anything is wrong (:class:`DeployError`)."""
+        if not Package.may_deploy(owner):
+            raise PermissionError(DEPLOY_PERMISSION)
+        package = package.strip() if isinstance(package, str) else ""
+        version = version.strip() if isinstance(version, str) else ""
+        if not PACKAGE_NAME_RE.match(package):
+            raise DeployError("package", "A package name is 1-64 letters, digits, '_', '.' or '-', "
+                                         "starting with a letter or digit.")
+        if not VERSION_RE.match(version):
+            raise DeployError("version", "A version is 1-100 letters, digits, '_', '.', '+', ':' or '-', "
+                                         "starting with a letter or digit.")
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise DeployError("file", "No file was uploaded (an egg, or a zip of a Scrapy project).")
+        if len(data) > settings.CRAWLSITE_MAX_PACKAGE_BYTES:
+            raise DeployError("file", too_large(len(data)))
+        if cls.objects.filter(package__owner=owner, package__name=package, version=version).exists():
+            raise DeployError("version", f"Version {version!r} of {package!r} already exists: deploy a new "
+                                         "version name (or delete that version first).")
+        try:
+            found = crawl_packages.inspect(bytes(data), timeout=settings.CRAWLSITE_INSPECT_TIMEOUT)
+        except crawl_packages.PackageError as exc:
+            raise DeployError("file", str(exc)) from None
+        with transaction.atomic():
+            row, _ = Package.objects.get_or_create(owner=owner, name=package)
+            if cls.objects.filter(package=row, version=version).exists():  # a concurrent upload won
+                raise DeployError("version", f"Version {version!r} of {package!r} already exists.")
+            return cls.objects.create(
+                package=row, version=version, kind=found["kind"], data=bytes(data),
+                sha256=crawl_packages.sha256(bytes(data)), size=len(data),
+                settings_module=found["settings_module"], spiders=found["spiders"], uploader=owner)
+
+    def remove(self):
+        """Delete this version (its package too when it was the last). Crawls that run it keep
+        their copy: it is in their own Redis state since launch."""
+        package = self.package
+        self.delete()
+        if not package.versions.exists():
+            package.delete()
+
+
+def validate_definition(data, owner=None):
     """The one validator: returns the normalized definition or raises DefinitionError.
 
-    A custom spider is checked against the names of the operator's ``CRAWLSITE_SPIDERS``;
-    nothing is imported.
+    A custom spider is checked against the names of the operator's ``CRAWLSITE_SPIDERS``, a
+    deployed one against ``owner``'s packages (when given); nothing is imported.
     """
-    return crawl_definition.validate(data, spiders=settings.CRAWLSITE_SPIDERS)
+    packages = Package.catalog(owner) if owner is not None else None
+    return crawl_definition.validate(data, spiders=settings.CRAWLSITE_SPIDERS, packages=packages)
 
 
-def frozen_definition(definition):
+def frozen_definition(definition, owner=None):
     """A validated definition plus what the operator decides for a crawl of it, frozen at launch:
-    the dotted path of its custom spider (``spider_class``, imported by the workers only) and
-    the item size limit. Users never set ``operator``: the validator refuses the field."""
+    the dotted path of its custom spider (``spider_class``, imported by the workers only), or the
+    deployed version it runs (``package``: resolved version and sha256; the crawl keeps it even if
+    the version is deleted later), and the item size limit. Users never set ``operator``: the
+    validator refuses the field. A deployed spider that is gone raises DefinitionError."""
     operator = {"max_item_bytes": settings.CRAWLSITE_MAX_ITEM_BYTES}
-    if definition.get("spider"):
-        operator["spider_class"] = settings.CRAWLSITE_SPIDERS[definition["spider"]]
+    spider = definition.get("spider")
+    if isinstance(spider, dict):
+        found = PackageVersion.objects.filter(package__owner=owner, package__name=spider["package"])
+        found = found.filter(version=spider["version"]) if spider["version"] else found.order_by("-uploaded_at", "-id")
+        version = found.defer("data").first()
+        if version is None:
+            raise crawl_definition.DefinitionError({"spider.version": [
+                f"Package {spider['package']!r} has no version {spider['version']!r}." if spider["version"]
+                else f"Package {spider['package']!r} has no version."]})
+        if spider["spider"] not in version.spiders:
+            raise crawl_definition.DefinitionError({"spider.spider": [
+                f"Version {version.version} of {spider['package']!r} has no spider {spider['spider']!r} "
+                f"(it has: {', '.join(version.spiders)})."]})
+        operator["package"] = {"name": spider["package"], "version": version.version, "sha256": version.sha256}
+    elif spider:
+        operator["spider_class"] = settings.CRAWLSITE_SPIDERS[spider]
     return {**definition, "operator": operator}
 
 

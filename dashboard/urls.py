@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from dashboard import views
+from dashboard import scrapyd, views
 
 app_name = "dashboard"
 
@@ -43,7 +43,16 @@ urlpatterns = [
     path("crawls/<str:code>/xlsx/<int:snapshot>/status", views.crawl_xlsx_status, name="crawl-xlsx-status"),
     path("crawls/<str:code>/xlsx/<int:snapshot>/file", views.crawl_xlsx_file, name="crawl-xlsx-file"),
     path("projects/<str:code>/export", views.project_export, name="project-export"),
+    path("code/", views.package_list, name="package-list"),
+    path("code/upload", views.package_upload, name="package-upload"),
+    path("code/<str:name>/", views.package_detail, name="package-detail"),
+    path("code/<str:name>/run", views.package_run, name="package-run"),
+    path("code/<str:name>/delete", views.package_delete, name="package-delete"),
+    path("code/<str:name>/versions/<str:version>/delete", views.package_version_delete, name="package-version-delete"),
     path("account/", views.account, name="account"),
     path("account/tokens/new", views.account_token_create, name="account-token-create"),
     path("account/tokens/<str:token_id>/revoke", views.account_token_revoke, name="account-token-revoke"),
+] + [
+    path(f"scrapyd/{name}", view, name=f"scrapyd-{name.removesuffix('.json')}")
+    for name, view in scrapyd.ENDPOINTS.items()
 ]

@@ -7,6 +7,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse_lazy
@@ -18,11 +19,25 @@ from crawler.definition import DefinitionError
 from dashboard import engine, exports, history, live, monitors, notify, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard import items as item_queries
-from dashboard.forms import (ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, ScheduleForm, TokenForm,
-                             parse_whole_number)
+from dashboard.forms import (ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, RunForm, ScheduleForm, TokenForm,
+                             UploadForm, parse_whole_number)
 from dashboard.health import health
-from dashboard.models import (ApiToken, Channel, Crawl, Delivery, InvalidTransition, Monitor, Project, Schedule,
-                               TokenError, validate_definition)
+from dashboard.models import (
+    DEPLOY_PERMISSION,
+    ApiToken,
+    Channel,
+    Crawl,
+    Delivery,
+    DeployError,
+    InvalidTransition,
+    Monitor,
+    Package,
+    PackageVersion,
+    Project,
+    Schedule,
+    TokenError,
+    validate_definition,
+)
 
 
 def _get_project_for_user(request, code):
@@ -34,6 +49,11 @@ def _get_project_for_user(request, code):
 def _get_crawl_for_user(request, code):
     """The user's own crawl by its public code, or 404."""
     return get_object_or_404(Crawl.objects.for_user(request.user).select_related("project"), code=code)
+
+
+def _get_package_for_user(request, name):
+    """The user's own deployed package by name, or 404."""
+    return get_object_or_404(Package.objects.for_user(request.user), name=name)
 
 
 @require_GET
@@ -60,7 +80,7 @@ def _save_project(request, form, project):
 
 @require_http_methods(["GET", "POST"])
 def project_create(request):
-    form = ProjectForm(request.POST or None)
+    form = ProjectForm(request.POST or None, owner=request.user)
     if request.method == "POST" and form.is_valid():
         project = Project(owner=request.user)
         if _save_project(request, form, project):
@@ -73,7 +93,7 @@ def project_create(request):
 @require_POST
 def project_import(request):
     """Create a project from an exported definition file (the same validator; every error at once)."""
-    import_form = DefinitionImportForm(request.POST, request.FILES)
+    import_form = DefinitionImportForm(request.POST, request.FILES, owner=request.user)
     if import_form.is_valid():
         project = Project(owner=request.user)
         project.set_definition(import_form.cleaned_data["definition"])
@@ -148,7 +168,7 @@ async def project_preview(request, code):
 @require_http_methods(["GET", "POST"])
 def project_edit(request, code):
     project = _get_project_for_user(request, code)
-    form = ProjectForm(request.POST or None, initial=ProjectForm.initial_from(project.definition))
+    form = ProjectForm(request.POST or None, initial=ProjectForm.initial_from(project.definition), owner=request.user)
     if request.method == "POST" and form.is_valid():
         if _save_project(request, form, project):
             messages.success(request, "Saved. Crawls already running keep the definition they started with.")
@@ -268,11 +288,20 @@ def project_launch(request, code):
     except ValidationError as exc:
         messages.error(request, exc.message)
         return redirect(project)
+    return _open_launched(request, lambda: engine.launch(project, workers=workers), project)
+
+
+def _open_launched(request, launch, back):
+    """Call ``launch()``; open the new crawl's page, or go ``back`` with what refused it."""
     try:
-        crawl = engine.launch(project, workers=workers)
+        crawl = launch()
+    except DefinitionError as exc:
+        for field, errors in sorted(exc.errors.items()):
+            messages.error(request, f"{field}: {' '.join(errors)}")
+        return redirect(back)
     except (engine.LaunchError, quotas.QuotaExceeded) as exc:
         messages.error(request, str(exc))
-        return redirect(project)
+        return redirect(back)
     crawl.refresh_from_db()
     if crawl.status == crawl.FAILED:
         messages.error(request, crawl.reason)
@@ -604,3 +633,80 @@ class PasswordChangeView(auth_views.PasswordChangeView):
         response = super().form_valid(form)
         messages.success(self.request, "Password changed. Your API tokens were revoked: create new ones below.")
         return response
+
+
+# -- deployed code (docs/deploy.md) -------------------------------------------------------------
+
+
+def _package_list_page(request, form, status=200):
+    versions = Prefetch("versions", queryset=PackageVersion.objects.defer("data").order_by("uploaded_at", "id"))
+    packages = [(p, list(p.versions.all())) for p in Package.objects.for_user(request.user).prefetch_related(versions)]
+    context = {"packages": [{"package": p, "latest": v[-1] if v else None, "count": len(v)} for p, v in packages], "form": form, "may_deploy": Package.may_deploy(request.user),
+               "deploy_permission": DEPLOY_PERMISSION}
+    return render(request, "dashboard/package_list.html", context, status=status)
+
+
+@require_GET
+def package_list(request):
+    return _package_list_page(request, UploadForm())
+
+
+@require_POST
+def package_upload(request):
+    """A new version from the upload form; the Code page again, with the errors, if refused."""
+    if not Package.may_deploy(request.user):
+        messages.error(request, DEPLOY_PERMISSION)
+        return _package_list_page(request, UploadForm(), status=403)
+    form = UploadForm(request.POST, request.FILES)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            version = PackageVersion.add(request.user, data["package"], data["version"], data["file"].read())
+        except DeployError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+        else:
+            messages.success(request, f"Version {version.version} of {version.package.name} deployed: "
+                                      f"{len(version.spiders)} spider{'s' if len(version.spiders) != 1 else ''}.")
+            return redirect(version.package)
+    return _package_list_page(request, form, status=422)
+
+
+@require_GET
+def package_detail(request, name):
+    package = _get_package_for_user(request, name)
+    versions = package.versions.defer("data").select_related("uploader").order_by("-uploaded_at", "-id")
+    return render(request, "dashboard/package_detail.html",
+                  {"package": package, "versions": versions, "latest": versions.first(), "form": RunForm()})
+
+
+@require_POST
+def package_run(request, name):
+    """Run a spider of the package: its crawl page is the usual one."""
+    package = _get_package_for_user(request, name)
+    form = RunForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{form.fields[field].label if field in form.fields else ''}: {' '.join(errors)}")
+        return redirect(package)
+    data = form.cleaned_data
+    return _open_launched(request, lambda: engine.launch_deployed(
+        request.user, package.name, data["spider"], data["version"], data["args"], workers=data["workers"]), package)
+
+
+@require_POST
+def package_version_delete(request, name, version):
+    package = _get_package_for_user(request, name)
+    row = get_object_or_404(package.versions.defer("data"), version=version)
+    row.remove()
+    messages.success(request, f"Version {version} deleted. Crawls already running it keep it.")
+    if Package.objects.filter(pk=package.pk).exists():
+        return redirect(package)
+    return redirect("dashboard:package-list")
+
+
+@require_POST
+def package_delete(request, name):
+    package = _get_package_for_user(request, name)
+    package.delete()
+    messages.success(request, f"Package {name} and all its versions deleted. Crawls already running keep their code.")
+    return redirect("dashboard:package-list")

@@ -4,6 +4,7 @@ Each row is one page, API endpoint, export or websocket; each cell is what that 
 must get. Staff are not owners: they see other people's crawls only through the admin.
 """
 
+import base64
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from django.test import Client
 
 from dashboard import schedules, xlsx_builds
 from dashboard.models import ApiToken, Channel, Crawl, Item, Monitor
-from tests.dashboard.factories import definition, project_for
+from tests.dashboard.factories import definition, grant_deploy, package_for, project_for
 
 LOGIN = "login"  # redirect to /accounts/login/
 ADMIN_LOGIN = "admin-login"  # redirect to /admin/login/
@@ -21,7 +22,9 @@ OK = 200
 FOUND = 302  # an action that worked and redirects back
 NOT_FOUND = 404
 UNAUTHORIZED = 401
+FORBIDDEN = 403
 UNPROCESSABLE = 422  # reached the view: refused for the input, not for who asked
+BAD = 400
 
 # (method, path template, anonymous, outsider, owner, staff)
 HTTP_TABLE = [
@@ -63,6 +66,12 @@ HTTP_TABLE = [
     ("GET", "/crawls/{crawl}/xlsx/{snapshot}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/xlsx/{snapshot}/status", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/crawls/{crawl}/xlsx/{snapshot}/file", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/code/", LOGIN, OK, OK, OK),
+    ("POST", "/code/upload", LOGIN, FORBIDDEN, UNPROCESSABLE, UNPROCESSABLE),  # deploy permission; empty form
+    ("GET", "/code/{package}/", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/code/{package}/run", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/code/{package}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("POST", "/code/{package}/versions/{version}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("GET", "/accounts/password/", LOGIN, OK, OK, OK),
     ("GET", "/account/", LOGIN, OK, OK, OK),
     ("POST", "/account/tokens/new", LOGIN, OK, OK, OK),
@@ -105,6 +114,24 @@ HTTP_TABLE = [
     ("GET", "/api/crawls/{crawl}/export?format=xlsx", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}/file", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/packages", UNAUTHORIZED, OK, OK, OK),
+    ("GET", "/api/packages/{package}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/api/packages/{package}/versions", UNAUTHORIZED, FORBIDDEN, UNPROCESSABLE, UNPROCESSABLE),
+    ("DELETE", "/api/packages/{package}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("DELETE", "/api/packages/{package}/versions/{version}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
+    ("POST", "/api/packages/{package}/crawls", UNAUTHORIZED, NOT_FOUND, UNPROCESSABLE, NOT_FOUND),
+    # The Scrapyd-compatible API: HTTP basic auth with an API token; another owner's project is 404.
+    ("GET", "/scrapyd/daemonstatus.json", UNAUTHORIZED, OK, OK, OK),
+    ("POST", "/scrapyd/addversion.json?project=shopbot&version=v9", UNAUTHORIZED, FORBIDDEN, BAD, BAD),
+    ("POST", "/scrapyd/schedule.json?project={package}&spider=nope", UNAUTHORIZED, NOT_FOUND, BAD, NOT_FOUND),
+    ("POST", "/scrapyd/cancel.json?project={package}&job={deployed}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/scrapyd/listprojects.json", UNAUTHORIZED, OK, OK, OK),
+    ("GET", "/scrapyd/listversions.json?project={package}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/scrapyd/listspiders.json?project={package}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/scrapyd/listjobs.json?project={package}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/scrapyd/status.json?job={deployed}", UNAUTHORIZED, OK, OK, OK),  # others' jobs: currstate null
+    ("POST", "/scrapyd/delversion.json?project={package}&version={version}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("POST", "/scrapyd/delproject.json?project={package}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/tokens", UNAUTHORIZED, OK, OK, OK),
     ("POST", "/api/tokens", UNAUTHORIZED, 201, 201, 201),
     ("DELETE", "/api/tokens/{token}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
@@ -146,12 +173,17 @@ def world(db, owner, outsider, staff):
     spare_schedule = schedules.create(project, schedules.validate({"cron": "@hourly"}))
     monitor = Monitor.objects.create(project=project, kind=Monitor.ITEMS_MIN, threshold=1)
     channel = Channel.objects.create(project=project, kind=Channel.EMAIL, emails=["ops@example.com"])
+    owner = grant_deploy(owner)  # staff are superusers here: they may deploy too; the outsider may not
+    package = package_for(owner, "shopbot", "v1")
+    deployed = Crawl.objects.create(project=project, status=Crawl.FINISHED, definition={
+        **project.definition, "operator": {"package": {"name": "shopbot", "version": "v1", "sha256": "0" * 64}}})
     return {
         "users": {"owner": owner, "outsider": outsider, "staff": staff},
         "ids": {"project": project.code, "spare": spare.code, "crawl": crawl.code, "running": running.code, "item": item.key,
                 "snapshot": item.pk, "token": token.public_id, "stopping": stopping.code,
                 "schedule": schedule.code, "spare_schedule": spare_schedule.code, "finished": finished.code,
-                "monitor": monitor.public_id, "channel": channel.public_id},
+                "monitor": monitor.public_id, "channel": channel.public_id,
+                "package": package.name, "version": "v1", "deployed": deployed.code},
     }
 
 
@@ -160,13 +192,18 @@ def request(role, method, path, world):
     headers = {}
     if role != "anonymous":
         user = world["users"][role]
-        if path.startswith("/api/") and not path.startswith(("/api/docs", "/api/openapi")):
+        if path.startswith("/scrapyd/"):
+            secret = base64.b64encode(f"{user.username}:{ApiToken.issue(user)}".encode()).decode()
+            headers["HTTP_AUTHORIZATION"] = f"Basic {secret}"
+        elif path.startswith("/api/") and not path.startswith(("/api/docs", "/api/openapi")):
             headers["HTTP_AUTHORIZATION"] = f"Bearer {ApiToken.issue(user)}"
         else:
             client.force_login(user)
     body, content_type = None, None
     if method in ("POST", "PUT"):
-        if path.startswith("/api/"):
+        if path.startswith("/scrapyd/"):
+            body = {}
+        elif path.startswith("/api/"):
             content_type = "application/json"
             if path.endswith("/scale"):
                 body = json.dumps({"workers": 1})
@@ -248,7 +285,7 @@ def _shape(path):
     path = re.sub(r"\(\?P<action>[^)]*\)", "{action}", path)
     path = re.sub(r"\(\?P<\w+>[^)]*\)", "{}", path)
     path = re.sub(r"<(\w+:)?\w+>", "{}", path)
-    path = re.sub(r"\{(project|spare|crawl|running|stopping|finished|item|snapshot|token|schedule|spare_schedule|monitor|channel)\}", "{}", path)
+    path = re.sub(r"\{(project|spare|crawl|running|stopping|finished|item|snapshot|token|schedule|spare_schedule|monitor|channel|package|version|deployed)\}", "{}", path)
     for action in ("pause", "resume", "stop", "force-stop", "cancel", "scale"):
         path = path.replace("{}/" + action, "{}/{action}")
     return path
