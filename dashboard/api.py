@@ -25,7 +25,7 @@ from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
 from dashboard import engine, history, live, monitors, notify, quotas, schedules, xlsx_builds
 from dashboard import preview as previews
-from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page
+from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page, unknown_filter_response
 from dashboard.models import (
     DEPLOY_PERMISSION,
     ApiToken,
@@ -543,6 +543,7 @@ def list_items(request, code: str,
 class XlsxBuildOut(Schema):
     status: str
     snapshot: int
+    only: str | None = None  # the export filter, if any
     detail: str
     status_url: str
     file_url: str
@@ -560,15 +561,20 @@ def _xlsx_status(request, build, code=202):
 def export_items(request, code: str, format: str = "jsonl", only: str | None = None):
     """A streamed download of every item stored so far (a consistent snapshot while running):
     ``jsonl``, ``json``, ``csv`` or ``xml``. ``only=invalid`` keeps the items that failed
-    validation, ``only=new`` those whose item key was not in the project's previous finished run.
+    validation, ``only=new`` those whose item key was not in the project's previous finished run
+    (every format, ``xlsx`` too); any other ``only`` is a 400 naming the valid ones.
 
     ``xlsx`` is built by a background job: the file itself (200) when one of the items stored now
-    is ready, else 202 with ``status_url`` (poll it) and ``file_url`` (the file once ready)."""
+    (with this filter) is ready, else 202 with ``status_url`` (poll it) and ``file_url`` (the file
+    once ready)."""
     crawl = _crawl(request, code)
-    if format != "xlsx" or only:
-        return export_response(crawl, format, only)
-    build = xlsx_builds.request(crawl)
-    return xlsx_builds.file_response(crawl, build.snapshot) if build.is_ready else _xlsx_status(request, build)
+    refused = unknown_filter_response(only)
+    if format != "xlsx" or refused is not None:
+        return refused or export_response(crawl, format, only)
+    build = xlsx_builds.request(crawl, only or "")
+    if build.is_ready:
+        return xlsx_builds.file_response(crawl, build.snapshot, build.only)
+    return _xlsx_status(request, build)
 
 
 @api.get("/crawls/{code}/compare", response={200: dict[str, Any], 404: ErrorOut, 422: ValidationOut},
@@ -589,25 +595,38 @@ def compare_crawls(request, code: str, other: str = Query(..., alias="with", max
 Snapshot = Path(..., ge=0, le=MAX_ITEM_ID, description="the largest item id in the file")
 
 
-@api.get("/crawls/{code}/xlsx/{snapshot}", response={200: XlsxBuildOut, 404: ErrorOut}, tags=["items"])
-def xlsx_status(request, code: str, snapshot: int = Snapshot):
+OnlyQuery = Query(None, description="the export filter of the build: invalid or new")
+
+
+@api.get("/crawls/{code}/xlsx/{snapshot}", response={200: XlsxBuildOut, 400: ErrorOut, 404: ErrorOut},
+         tags=["items"])
+def xlsx_status(request, code: str, snapshot: int = Snapshot, only: str | None = OnlyQuery):
     """State of an Excel build: ``preparing``, ``ready`` or ``failed`` (``detail`` says why);
-    404 when none was asked for (or its file expired)."""
+    404 when none was asked for (or its file expired). ``only``: the build's filter, as asked."""
     crawl = _crawl(request, code)
-    build = xlsx_builds.status(crawl.code, snapshot)
+    refused = unknown_filter_response(only)
+    if refused is not None:
+        return refused
+    build = xlsx_builds.status(crawl.code, snapshot, only or "")
     if build.status == xlsx_builds.MISSING:
-        return Status(404, {"detail": f"{build.detail} Ask GET /api/crawls/{crawl.code}/export?format=xlsx."})
+        ask = f"/api/crawls/{crawl.code}/export?format=xlsx" + (f"&only={only}" if only else "")
+        return Status(404, {"detail": f"{build.detail} Ask GET {ask}."})
     return _xlsx_status(request, build, code=200)
 
 
-@api.get("/crawls/{code}/xlsx/{snapshot}/file", response={200: None, 404: ErrorOut, 409: ErrorOut}, tags=["items"])
-def xlsx_file(request, code: str, snapshot: int = Snapshot):
+@api.get("/crawls/{code}/xlsx/{snapshot}/file", response={200: None, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+         tags=["items"])
+def xlsx_file(request, code: str, snapshot: int = Snapshot, only: str | None = OnlyQuery):
     """The finished .xlsx file; 409 while it is being built or after it failed, 404 when none."""
     crawl = _crawl(request, code)
-    response = xlsx_builds.file_response(crawl, snapshot)
+    refused = unknown_filter_response(only)
+    if refused is not None:
+        return refused
+    only = only or ""
+    response = xlsx_builds.file_response(crawl, snapshot, only)
     if response is not None:
         return response
-    build = xlsx_builds.status(crawl.code, snapshot)
+    build = xlsx_builds.status(crawl.code, snapshot, only)
     if build.status == xlsx_builds.MISSING:
         return Status(404, {"detail": build.detail})
     return Status(409, {"detail": f"The file is not ready: {build.status}. {build.detail}"})

@@ -70,6 +70,7 @@ from dashboard.models import Crawl, Item
 __all__ = [
     "CHUNK_SIZE",
     "FORMATS",
+    "ONLY",
     "ExportFileResponse",
     "ExportResponse",
     "columns",
@@ -79,6 +80,7 @@ __all__ = [
     "items_page",
     "neutralise_formula",
     "snapshot_max_id",
+    "unknown_filter_response",
     "unknown_format_response",
 ]
 
@@ -105,8 +107,10 @@ def snapshot_max_id(crawl: Crawl) -> int:
 
 
 # Export filters (``?only=``): the items that failed validation, or those whose item key was not
-# in the project's previous finished run (dashboard/history.py).
+# in the project's previous finished run (dashboard/history.py). Every format takes them.
 ONLY = ("invalid", "new")
+ONLY_LABELS = {"invalid": "only the items that failed validation",
+               "new": "only the items new since the previous finished run"}
 
 
 def only_items(crawl: Crawl, rows, only: str | None):
@@ -182,10 +186,12 @@ def columns(crawl: Crawl, max_id: int | None = None) -> list[str]:
     return names
 
 
-def filename(crawl: Crawl, fmt: str) -> str:
-    """``<project-slug>-<code>.<ext>``, e.g. ``books-k3j9x0a1b2.csv``."""
+def filename(crawl: Crawl, fmt: str, only: str | None = None) -> str:
+    """``<project-slug>-<code>.<ext>``, e.g. ``books-k3j9x0a1b2.csv``; a filtered export adds the
+    filter: ``books-k3j9x0a1b2-invalid.csv``."""
     slug = slugify(crawl.project.name)[:60].strip("-") or "crawl"
-    return f"{slug}-{crawl.code}.{FORMATS[fmt][0]}"
+    suffix = f"-{only}" if only in ONLY else ""
+    return f"{slug}-{crawl.code}{suffix}.{FORMATS[fmt][0]}"
 
 
 # --- value conversions ------------------------------------------------------------------------
@@ -334,8 +340,9 @@ XLSX_MAX_CHARS = 32_767
 _EXACT_FLOAT_INT = 2 ** 53
 
 
-def write_xlsx(crawl: Crawl, max_id: int, file) -> None:
-    """Write the snapshot as an .xlsx workbook into ``file`` (XlsxWriter, constant_memory mode)."""
+def write_xlsx(crawl: Crawl, max_id: int, file, only: str | None = None) -> None:
+    """Write the snapshot (limited by the filter ``only``, see :data:`ONLY`) as an .xlsx workbook
+    into ``file`` (XlsxWriter, constant_memory mode)."""
     import xlsxwriter
 
     names = columns(crawl, max_id)
@@ -350,7 +357,7 @@ def write_xlsx(crawl: Crawl, max_id: int, file) -> None:
     bold = workbook.add_format({"bold": True})
     sheet, row, sheets = None, XLSX_MAX_ROWS, 0
 
-    for chunk in _iter_data(crawl, max_id):
+    for chunk in _iter_data(crawl, max_id, only or None):
         for data in chunk:
             if row >= XLSX_MAX_ROWS:
                 sheets += 1
@@ -417,8 +424,8 @@ class ExportFileResponse(_PartByPartUnderASGI, FileResponse):
     block_size = FILE_BLOCK_SIZE
 
 
-def download_headers(response, crawl: Crawl, fmt: str, max_id: int):
-    response["Content-Disposition"] = content_disposition_header(True, filename(crawl, fmt))
+def download_headers(response, crawl: Crawl, fmt: str, max_id: int, only: str | None = None):
+    response["Content-Disposition"] = content_disposition_header(True, filename(crawl, fmt, only))
     response["Cache-Control"] = "no-store"
     response["X-Accel-Buffering"] = "no"  # nginx: pass parts on as they come
     response["X-Crawlsite-Snapshot"] = str(max_id)  # the last item id included
@@ -433,17 +440,12 @@ def unknown_format_response(fmt: Any) -> JsonResponse:
     )
 
 
-def unknown_filter_response(only: Any, fmt: str = "") -> JsonResponse | None:
-    """A 400 naming the valid values of ``only`` (None when ``only`` is fine for ``fmt``)."""
-    if only in (None, ""):
+def unknown_filter_response(only: Any) -> JsonResponse | None:
+    """A 400 naming the valid values of ``only`` (None when ``only`` is one of them, or empty)."""
+    if only in (None, "") or only in ONLY:
         return None
-    if only not in ONLY:
-        detail = f"Unknown export filter only={str(only)[:40]!r}. Valid filters: {', '.join(ONLY)}."
-    elif fmt == "xlsx":
-        detail = "The only= filter is not available for xlsx; use jsonl, json, csv or xml."
-    else:
-        return None
-    return JsonResponse({"detail": detail, "errors": {"only": [detail]}}, status=400)
+    detail = f"Unknown export filter only={str(only)[:40]!r}. Valid filters: {', '.join(ONLY)}."
+    return JsonResponse({"detail": detail, "errors": {"only": [detail]}, "filters": list(ONLY)}, status=400)
 
 
 def export_response(crawl: Crawl, fmt: str, only: str | None = None):
@@ -455,14 +457,14 @@ def export_response(crawl: Crawl, fmt: str, only: str | None = None):
     """
     if fmt not in FORMATS:
         return unknown_format_response(fmt)
-    refused = unknown_filter_response(only, fmt)
+    refused = unknown_filter_response(only)
     if refused is not None:
         return refused
     if fmt == "xlsx":
         raise ValueError("xlsx exports are built by a job on the tasks queue (dashboard.xlsx_builds)")
     max_id = snapshot_max_id(crawl)
     response = ExportResponse(iter_export(crawl, fmt, max_id, only or None), content_type=FORMATS[fmt][1])
-    return download_headers(response, crawl, fmt, max_id)
+    return download_headers(response, crawl, fmt, max_id, only)
 
 
 # --- cursor pages for the API -----------------------------------------------------------------

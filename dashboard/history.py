@@ -202,9 +202,15 @@ def stored(crawl):
 # -- runs of a project, and comparing two runs ---------------------------------------------------
 
 
-def run_row(crawl):
-    """One run in a project's list of runs (and in the API)."""
-    stats = crawl.stats or {}
+def run_row(crawl, reading=None):
+    """One run in a project's list of runs (and in the API). ``reading``: the live reading of an
+    active run (:func:`dashboard.live.read`): its numbers then come from Redis, as on the
+    overview, instead of the final stats it does not have yet."""
+    if crawl.is_active and reading:
+        view = live.crawl_view(crawl, reading)
+        numbers = {**view["counters"], INVALID: view["invalid"]}
+    else:
+        numbers = crawl.stats or {}
     duration = crawl.duration
     return {
         "code": crawl.code,
@@ -216,15 +222,28 @@ def run_row(crawl):
         "schedule_url": crawl.schedule.get_absolute_url() if crawl.schedule_id else None,
         "created_at": crawl.created_at,
         "duration_s": round(duration.total_seconds(), 1) if duration else None,
-        "pages": int(stats.get("pages", 0) or 0),
-        "items": int(stats.get("items", 0) or 0),
-        "errors": int(stats.get("errors", 0) or 0),
-        "invalid": int(stats.get(INVALID, 0) or 0),
+        "live": bool(crawl.is_active and reading),
+        "pages": int(numbers.get("pages", 0) or 0),
+        "items": int(numbers.get("items", 0) or 0),
+        "errors": int(numbers.get("errors", 0) or 0),
+        "invalid": int(numbers.get(INVALID, 0) or 0),
     }
 
 
-def project_runs(project, limit=100):
-    return [run_row(c) for c in project.crawls.select_related("project", "schedule").order_by("-created_at", "-id")[:limit]]
+def project_runs(project, limit=100, redis=None):
+    """The project's newest ``limit`` runs, newest first. Active runs show their live numbers:
+    all of them read in one pipelined Redis round trip (:func:`dashboard.live.read`), the same
+    reading the overview uses; ended runs show their final stats. Redis unreachable: active runs
+    show what is stored."""
+    crawls = list(project.crawls.select_related("project", "schedule").order_by("-created_at", "-id")[:limit])
+    active = [c for c in crawls if c.is_active]
+    readings = {}
+    if active:
+        try:
+            readings = live.read(redis or get_redis(), active, detail=False)
+        except Exception:
+            log.warning("live numbers of the runs of project %s: Redis unreadable", project.code, exc_info=True)
+    return [run_row(c, readings.get(c.code)) for c in crawls]
 
 
 def previous_finished(crawl):

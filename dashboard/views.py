@@ -186,7 +186,7 @@ def _project_page(request, project, status=200, **forms):
     runs = history.project_runs(project, limit=50)
     for newer, older in zip(runs, runs[1:] + [None]):
         newer["previous"] = older["code"] if older else None
-    chart = [{k: r[k] for k in ("code", "duration_s", "pages", "items", "errors", "invalid")}
+    chart = [{k: r[k] for k in ("code", "duration_s", "live", "pages", "items", "errors", "invalid")}
              | {"t": r["created_at"].timestamp()} for r in reversed(runs)]
     schedule_rows = [(schedule, schedules.next_runs(schedule, count=1)) for schedule in project.schedules.all()]
     context = {"project": project, "runs": runs, "runs_chart": chart, "schedules": schedule_rows,
@@ -493,6 +493,8 @@ def crawl_items(request, code):
         "invalid_count": (crawl.stats or {}).get("invalid"),
         "item_count": item_queries.item_count(crawl),
         "formats": list(exports.FORMATS),
+        "filters": [(only, label, exports.ONLY_LABELS[only].capitalize() + ".")
+                    for only, label in (("invalid", "Invalid"), ("new", "New since previous run"))],
     })
 
 
@@ -527,11 +529,11 @@ def item_json(request, code, key):
 
 
 def _export(crawl, fmt, only=None):
-    refused = exports.unknown_filter_response(only, fmt)
+    refused = exports.unknown_filter_response(only)
     if refused is not None:
         return refused
     if fmt == "xlsx":  # built by a job: its page offers the file when it is ready
-        return redirect("dashboard:crawl-xlsx", crawl.code, exports.snapshot_max_id(crawl))
+        return redirect(xlsx_builds.page_url(crawl.code, exports.snapshot_max_id(crawl), only or ""))
     return exports.export_response(crawl, fmt, only or None)
 
 
@@ -541,21 +543,33 @@ def crawl_export(request, code):
     return _export(crawl, request.GET.get("format", "jsonl"), request.GET.get("only"))
 
 
+def _xlsx_only(query):
+    """The export filter of an Excel build (``only``: "" or one of exports.ONLY), or a 400."""
+    only = query.get("only", "")
+    return only, exports.unknown_filter_response(only)
+
+
 @require_POST
 def crawl_xlsx_request(request, code):
     """Start building the Excel file of the items stored now (or reuse a ready or running build)."""
     crawl = _get_crawl_for_user(request, code)
-    build = xlsx_builds.request(crawl)
-    return redirect("dashboard:crawl-xlsx", crawl.code, build.snapshot)
+    only, refused = _xlsx_only(request.POST)
+    if refused is not None:
+        return refused
+    return redirect(xlsx_builds.request(crawl, only).page_url())
 
 
 @require_GET
 def crawl_xlsx(request, code, snapshot):
     """The page of one Excel build: preparing (polled by static/js/xlsx_build.js), ready or failed."""
     crawl = _get_crawl_for_user(request, code)
-    build = xlsx_builds.status(crawl.code, snapshot)
+    only, refused = _xlsx_only(request.GET)
+    if refused is not None:
+        return refused
+    build = xlsx_builds.status(crawl.code, snapshot, only)
     return render(request, "dashboard/xlsx.html", {
-        "crawl": crawl, "build": build, "filename": exports.filename(crawl, "xlsx"), **build.urls(),
+        "crawl": crawl, "build": build, "filename": exports.filename(crawl, "xlsx", only),
+        "only_label": exports.ONLY_LABELS.get(only, ""), **build.urls(),
     })
 
 
@@ -563,13 +577,17 @@ def crawl_xlsx(request, code, snapshot):
 @require_GET
 def crawl_xlsx_status(request, code, snapshot):
     crawl = _get_crawl_for_user(request, code)
-    return JsonResponse(xlsx_builds.status(crawl.code, snapshot).as_json())
+    only, refused = _xlsx_only(request.GET)
+    return refused or JsonResponse(xlsx_builds.status(crawl.code, snapshot, only).as_json())
 
 
 @require_GET
 def crawl_xlsx_file(request, code, snapshot):
     crawl = _get_crawl_for_user(request, code)
-    response = xlsx_builds.file_response(crawl, snapshot)
+    only, refused = _xlsx_only(request.GET)
+    if refused is not None:
+        return refused
+    response = xlsx_builds.file_response(crawl, snapshot, only)
     if response is None:
         raise Http404("This Excel file is not ready, or has expired.")
     return response

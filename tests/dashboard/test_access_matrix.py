@@ -72,6 +72,10 @@ HTTP_TABLE = [
     ("POST", "/code/{package}/run", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/code/{package}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
     ("POST", "/code/{package}/versions/{version}/delete", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/export?format=xlsx&only=invalid", LOGIN, NOT_FOUND, FOUND, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/xlsx/{snapshot}/?only=invalid", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/xlsx/{snapshot}/status?only=new", LOGIN, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/crawls/{crawl}/xlsx/{snapshot}/file?only=invalid", LOGIN, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/accounts/password/", LOGIN, OK, OK, OK),
     ("GET", "/account/", LOGIN, OK, OK, OK),
     ("POST", "/account/tokens/new", LOGIN, OK, OK, OK),
@@ -132,6 +136,9 @@ HTTP_TABLE = [
     ("GET", "/scrapyd/status.json?job={deployed}", UNAUTHORIZED, OK, OK, OK),  # others' jobs: currstate null
     ("POST", "/scrapyd/delversion.json?project={package}&version={version}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("POST", "/scrapyd/delproject.json?project={package}", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/export?format=xlsx&only=invalid", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}?only=new", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
+    ("GET", "/api/crawls/{crawl}/xlsx/{snapshot}/file?only=invalid", UNAUTHORIZED, NOT_FOUND, OK, NOT_FOUND),
     ("GET", "/api/tokens", UNAUTHORIZED, OK, OK, OK),
     ("POST", "/api/tokens", UNAUTHORIZED, 201, 201, 201),
     ("DELETE", "/api/tokens/{token}", UNAUTHORIZED, NOT_FOUND, 204, NOT_FOUND),
@@ -167,7 +174,8 @@ def world(db, owner, outsider, staff):
     Item.objects.create(crawl=finished, key="k", url="http://127.0.0.1:9/p", data={"url": "http://127.0.0.1:9/p", "title": "x"})
     staff.is_superuser = True
     staff.save()
-    xlsx_builds.build(crawl.code, item.pk)  # a ready Excel file of the crawl's items
+    for only in ("", "invalid", "new"):  # ready Excel files of the crawl's items: all, invalid, new
+        xlsx_builds.build(crawl.code, item.pk, only)
     token, _secret = ApiToken.create_for(owner, "owner's script")
     schedule = schedules.create(project, schedules.validate({"cron": "@daily"}))
     spare_schedule = schedules.create(project, schedules.validate({"cron": "@hourly"}))

@@ -334,6 +334,56 @@ def test_export_is_get_only(owner_client, crawl):
     assert owner_client.post(reverse("dashboard:crawl-export", args=[crawl.code])).status_code == 405
 
 
+# --- filters (only=invalid, only=new) -----------------------------------------------------------
+
+
+@pytest.fixture
+def marked(owner):
+    """A run with items a (invalid), b, c (invalid) after a finished run that had a and b."""
+    project = make_project(owner)
+    before = make_crawl(project)
+    crawl = make_crawl(project)
+    Crawl.objects.filter(pk=before.pk).update(created_at=crawl.created_at.replace(year=2000))
+    for run, rows in ((before, [("a", False), ("b", False)]), (crawl, [("a", True), ("b", False), ("c", True)])):
+        Item.objects.bulk_create(Item(crawl=run, key=sku, url=f"https://example.com/{sku}", ident=sku, invalid=bad,
+                                      data={"url": f"https://example.com/{sku}", "title": sku}) for sku, bad in rows)
+    return crawl
+
+
+@pytest.mark.parametrize("only, expected", [("invalid", ["a", "c"]), ("new", ["c"]), (None, ["a", "b", "c"])])
+def test_the_excel_workbook_holds_exactly_the_filtered_items(marked, only, expected):
+    out = io.BytesIO()
+    exports.write_xlsx(marked, exports.snapshot_max_id(marked), out, only)
+    [rows] = read_xlsx(out.getvalue())
+    assert rows[0] == ["url", *FIELDS] and [row[1] for row in rows[1:]] == expected
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_filtered_download_is_named_after_its_filter(owner_client, marked, fmt):
+    response = owner_client.get(reverse("dashboard:crawl-export", args=[marked.code]), {"format": fmt, "only": "invalid"})
+    assert response["Content-Disposition"] == f'attachment; filename="books-co-{marked.code}-invalid.{fmt}"'
+    assert b"https://example.com/b" not in b"".join(response.streaming_content)
+
+
+def test_the_item_browser_offers_each_filter_in_every_format(owner_client, marked):
+    page = owner_client.get(reverse("dashboard:crawl-items", args=[marked.code])).content.decode()
+    export = reverse("dashboard:crawl-export", args=[marked.code])
+    for only in exports.ONLY:
+        for fmt in exports.FORMATS:
+            if fmt == "xlsx":
+                assert f'<input type="hidden" name="only" value="{only}"><button class="btn btn-sm" type="submit" ' \
+                       f'data-format="xlsx" data-only="{only}"' in page
+            else:
+                assert f'href="{export}?format={fmt}&amp;only={only}"' in page
+
+
+def test_an_unknown_filter_is_400_naming_the_valid_ones(owner_client, marked):
+    for fmt in exports.FORMATS:
+        response = owner_client.get(reverse("dashboard:crawl-export", args=[marked.code]), {"format": fmt, "only": "all"})
+        assert response.status_code == 400, fmt
+        assert response.json()["filters"] == ["invalid", "new"] and "Valid filters: invalid, new." in response.json()["detail"]
+
+
 # --- snapshot ---------------------------------------------------------------------------------
 
 

@@ -172,7 +172,8 @@ def test_compare_refuses_other_peoples_runs_other_projects_and_bad_input(owner, 
     assert client.get(f"/crawls/{mine.code}/compare/?with={theirs.code}").status_code == 404
     bad = client.get(f"/crawls/{mine.code}/export?format=jsonl&only=everything")
     assert bad.status_code == 400 and "only" in bad.json()["errors"]
-    assert client.get(f"/crawls/{mine.code}/export?format=xlsx&only=new").status_code == 400
+    assert "Valid filters: invalid, new." in client.get(f"/crawls/{mine.code}/export?format=xlsx&only=all").json()["detail"]
+    assert client.get(f"/crawls/{mine.code}/export?format=xlsx&only=new").status_code == 302  # to its Excel page
 
 
 def test_the_project_page_lists_runs_with_their_numbers(owner):
@@ -185,6 +186,67 @@ def test_the_project_page_lists_runs_with_their_numbers(owner):
     assert 'data-chart="runs"' in page and 'id="runs-data"' in page
     runs = json.loads(page.split('id="runs-data" type="application/json">')[1].split("</script>")[0])
     assert runs[0]["items"] == 2 and runs[0]["invalid"] == 2
+
+
+class RoundTrips:
+    """A Redis client that counts its round trips (one per command, one per pipeline)."""
+
+    def __init__(self, redis):
+        self.redis = redis
+        self.trips = 0
+
+    def pipeline(self, *args, **kwargs):
+        pipe = self.redis.pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*a, **kw):
+            self.trips += 1
+            return execute(*a, **kw)
+
+        pipe.execute = counted
+        return pipe
+
+    def __getattr__(self, name):
+        command = getattr(self.redis, name)
+
+        def counted(*a, **kw):
+            self.trips += 1
+            return command(*a, **kw)
+
+        return counted
+
+
+def test_the_runs_list_shows_active_runs_live_numbers_read_in_one_round_trip(owner, settings):
+    project = shop(owner, validation={"required": ["title"]}, item={"fields": FIELDS + [
+        {"name": "title", "selector": "h1::text"}]})
+    ended = finished_run(project, ["a", "b"])
+    running, paused = crawl_of(project), crawl_of(project, status=Crawl.PAUSED)
+    redis = crawl_redis()
+    redis.hset(keys.stats(running.code), mapping={"pages": 12, "items": 9, "errors": 3, "invalid": 4})
+    redis.hset(keys.stats(paused.code), mapping={"pages": 5, "items": 2})
+
+    spy = RoundTrips(redis)
+    runs = {run["code"]: run for run in history.project_runs(project, redis=spy)}
+    assert spy.trips == 1  # both active runs in one pipelined read; the ended one from its stats
+    numbers = ("live", "pages", "items", "errors", "invalid")
+    assert [runs[running.code][k] for k in numbers] == [True, 12, 9, 3, 4]
+    assert [runs[paused.code][k] for k in numbers] == [True, 5, 2, 0, 0]
+    assert [runs[ended.code][k] for k in numbers] == [False, 0, 2, 0, 2]
+
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/projects/{project.code}/").content.decode()
+    chart = {r["code"]: r for r in json.loads(page.split('id="runs-data" type="application/json">')[1]
+                                                  .split("</script>")[0])}
+    assert (chart[running.code]["pages"], chart[running.code]["items"], chart[running.code]["invalid"]) == (12, 9, 4)
+    assert chart[running.code]["live"] is True and chart[ended.code]["live"] is False
+    row = page.split(f'<tr data-run="{running.code}">')[1].split("</tr>")[0]
+    assert ">live</span>" in row and '<td class="num">12</td>' in row and '<td class="num">9</td>' in row
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # Redis unreachable: the list still shows, stored numbers only
+    page = client.get(f"/projects/{project.code}/")
+    assert page.status_code == 200
+    assert {r["code"]: r["pages"] for r in page.context["runs"]}[running.code] == 0
 
 
 def test_bad_validation_input_gets_field_errors_and_nothing_is_saved(owner):

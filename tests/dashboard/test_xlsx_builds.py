@@ -5,6 +5,8 @@ import json
 import os
 import stat
 import time
+from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from django.db import transaction
@@ -12,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from dashboard import exports, tasks, xlsx_builds
-from dashboard.models import ApiToken
+from dashboard.models import ApiToken, Crawl, Item
 from tests.dashboard.test_exports import FIELDS, add_items, make_crawl, make_project, neutralised, read_xlsx, tricky_items
 from tests.workers import start_task_workers
 
@@ -66,15 +68,16 @@ def test_api_answers_202_then_a_tasks_worker_builds_the_file_that_the_api_serves
     build = first.json()
     snapshot = exports.snapshot_max_id(crawl)
     status_url = f"/api/crawls/{crawl.code}/xlsx/{snapshot}"
-    assert build == {"status": "preparing", "snapshot": snapshot, "detail": "Waiting for a free task worker…",
-                     "status_url": status_url, "file_url": f"{status_url}/file"}
+    assert build == {"status": "preparing", "snapshot": snapshot, "only": None,
+                     "detail": "Waiting for a free task worker…", "status_url": status_url, "file_url": f"{status_url}/file"}
     assert first["Location"] == status_url
 
-    # Asking again reuses the build on its way; the job takes the code and the snapshot only.
+    # Asking again reuses the build on its way; the job takes the code, the snapshot and the
+    # filter (none) only.
     assert api(export_url).status_code == 202
     [job_id] = tasks.tasks_queue().get_job_ids()
     job = tasks.fetch(job_id)
-    assert job.args == [crawl.code, snapshot] and job.timeout == settings.XLSX_JOB_TIMEOUT
+    assert job.args == [crawl.code, snapshot, ""] and job.timeout == settings.XLSX_JOB_TIMEOUT
     assert api(status_url).json()["status"] == "preparing"
     not_yet = api(f"{status_url}/file")
     assert not_yet.status_code == 409 and "not ready" in not_yet.json()["detail"]
@@ -260,3 +263,142 @@ def test_the_projects_export_link_leads_to_the_excel_page_of_its_latest_finished
     assert response.status_code == 302
     assert response["Location"] == reverse("dashboard:crawl-xlsx", args=[crawl.code, exports.snapshot_max_id(crawl)])
     assert tasks.tasks_queue().get_job_ids() == []  # a GET starts nothing
+
+
+# --- filtered builds (only=invalid, only=new) ---------------------------------------------------
+
+
+def keyed_items(crawl, rows):
+    """Items with an item key (``ident``) and a validation mark: ``rows`` of (sku, invalid)."""
+    start = crawl.items.count()
+    Item.objects.bulk_create(
+        Item(crawl=crawl, key=f"k{start + n}", url=f"https://example.com/{sku}", ident=sku, invalid=invalid,
+             errors=["title: required"] if invalid else [],
+             data={"url": f"https://example.com/{sku}", "title": f"={sku}" if invalid else sku})
+        for n, (sku, invalid) in enumerate(rows))
+
+
+@pytest.fixture
+def two_runs(owner):
+    """A finished run (a, b), then the run exported: a and c invalid, b, d and e valid; new: c, d, e."""
+    project = make_project(owner)
+    before = make_crawl(project)
+    keyed_items(before, [("a", False), ("b", False)])
+    crawl = make_crawl(project)
+    Crawl.objects.filter(pk=before.pk).update(created_at=crawl.created_at - timedelta(hours=1))
+    keyed_items(crawl, [("a", True), ("b", False), ("c", True), ("d", False), ("e", False)])
+    return crawl
+
+
+def titles(body):
+    [rows] = read_xlsx(body)
+    assert rows[0] == ["url", *FIELDS]
+    return [row[1] for row in rows[1:]]
+
+
+def test_filtered_builds_hold_exactly_their_items_and_never_stand_in_for_each_other(api, owner_client, two_runs):
+    crawl = two_runs
+    snapshot = exports.snapshot_max_id(crawl)
+    xlsx_builds.build(crawl.code, snapshot)  # the file of every item is ready: no filtered request gets it
+    # API: only=invalid; the filter is in the status, its URLs and the job id.
+    first = api(f"/api/crawls/{crawl.code}/export?format=xlsx&only=invalid")
+    assert first.status_code == 202, first.content
+    invalid = first.json()
+    assert invalid["only"] == "invalid" and invalid["snapshot"] == snapshot and invalid["status"] == "preparing"
+    assert invalid["status_url"] == f"/api/crawls/{crawl.code}/xlsx/{snapshot}?only=invalid"
+    assert invalid["file_url"] == f"/api/crawls/{crawl.code}/xlsx/{snapshot}/file?only=invalid"
+    assert api(invalid["file_url"]).status_code == 409
+    # The page: only=new, from the item browser's form.
+    response = owner_client.post(reverse("dashboard:crawl-xlsx-request", args=[crawl.code]), {"only": "new"})
+    page_url = reverse("dashboard:crawl-xlsx", args=[crawl.code, snapshot]) + "?only=new"
+    assert response.status_code == 302 and response["Location"] == page_url
+    page = owner_client.get(page_url).content.decode()
+    assert "only the items new since the previous finished run" in page and 'name="only" value="new"' in page
+    new_status = reverse("dashboard:crawl-xlsx-status", args=[crawl.code, snapshot]) + "?only=new"
+    new_file = reverse("dashboard:crawl-xlsx-file", args=[crawl.code, snapshot]) + "?only=new"
+    assert f'data-status-url="{new_status}"' in page and 'data-status="preparing"' in page
+    assert owner_client.get(new_file).status_code == 404
+    assert sorted(tasks.tasks_queue().get_job_ids()) == sorted(
+        xlsx_builds.job_id(crawl.code, snapshot, only) for only in ("invalid", "new"))
+    assert tasks.fetch(xlsx_builds.job_id(crawl.code, snapshot, "new")).args == [crawl.code, snapshot, "new"]
+
+    run_task_workers()
+
+    download = api(invalid["file_url"])
+    assert download.status_code == 200
+    assert download["Content-Disposition"] == f'attachment; filename="books-co-{crawl.code}-invalid.xlsx"'
+    assert titles(body_of(download)) == ["'=a", "'=c"]  # exactly the invalid items, still neutralised
+    assert owner_client.get(new_status).json() | {"detail": ""} == {
+        "status": "ready", "snapshot": snapshot, "only": "new", "detail": "", "status_url": new_status,
+        "file_url": new_file}
+    assert titles(body_of(owner_client.get(new_file))) == ["'=c", "d", "e"]  # keys not in the previous run
+    everything = api(f"/api/crawls/{crawl.code}/export?format=xlsx")
+    assert everything.status_code == 200 and titles(body_of(everything)) == ["'=a", "b", "'=c", "d", "e"]
+    again = api(f"/api/crawls/{crawl.code}/export?format=xlsx&only=new")
+    assert again.status_code == 200 and titles(body_of(again)) == ["'=c", "d", "e"]
+    assert again["Content-Disposition"].endswith(f'-{crawl.code}-new.xlsx"')
+
+
+def test_a_ready_filtered_file_is_never_served_for_all_items(api, owner_client, two_runs):
+    crawl = two_runs
+    snapshot = exports.snapshot_max_id(crawl)
+    for only in exports.ONLY:
+        xlsx_builds.build(crawl.code, snapshot, only)
+    assert api(f"/api/crawls/{crawl.code}/export?format=xlsx&only=invalid").status_code == 200
+    plain = api(f"/api/crawls/{crawl.code}/export?format=xlsx")
+    assert plain.status_code == 202 and plain.json()["only"] is None
+    assert owner_client.get(reverse("dashboard:crawl-xlsx-file", args=[crawl.code, snapshot])).status_code == 404
+    assert api(f"/api/crawls/{crawl.code}/xlsx/{snapshot}/file").status_code == 409  # its own build is on its way
+    [job_id] = tasks.tasks_queue().get_job_ids()
+    assert job_id == xlsx_builds.job_id(crawl.code, snapshot)
+
+
+@pytest.mark.parametrize("only", ["everything", "INVALID", "../../etc", "new ", "x" * 500])
+def test_bad_filters_are_a_400_naming_the_valid_ones_and_start_nothing(api, owner_client, crawl, only):
+    snapshot = exports.snapshot_max_id(crawl)
+    xlsx_builds.build(crawl.code, snapshot)
+    query = {"only": only}
+    quoted = quote(only)
+    responses = [
+        api(f"/api/crawls/{crawl.code}/export?format=xlsx&only={quoted}"),
+        api(f"/api/crawls/{crawl.code}/xlsx/{snapshot}?only={quoted}"),
+        api(f"/api/crawls/{crawl.code}/xlsx/{snapshot}/file?only={quoted}"),
+        owner_client.get(reverse("dashboard:crawl-export", args=[crawl.code]), {"format": "xlsx", **query}),
+        owner_client.post(reverse("dashboard:crawl-xlsx-request", args=[crawl.code]), query),
+        owner_client.get(reverse("dashboard:crawl-xlsx", args=[crawl.code, snapshot]), query),
+        owner_client.get(reverse("dashboard:crawl-xlsx-status", args=[crawl.code, snapshot]), query),
+        owner_client.get(reverse("dashboard:crawl-xlsx-file", args=[crawl.code, snapshot]), query),
+    ]
+    for response in responses:
+        assert response.status_code == 400, (response.request["PATH_INFO"], response.status_code)
+        body = response.json()
+        assert "Valid filters: invalid, new." in body["detail"] and body["errors"]["only"] == [body["detail"]]
+    assert tasks.tasks_queue().get_job_ids() == []
+    files = [p.name for p in xlsx_builds.folder().iterdir() if p.name.startswith(crawl.code)]
+    assert files == [f"{crawl.code}-{snapshot}.xlsx"]
+
+
+def test_a_filter_outside_the_known_ones_never_reaches_a_file_name(crawl):
+    with pytest.raises(ValueError):
+        xlsx_builds.path_for(crawl.code, 1, "../x")
+    with pytest.raises(ValueError):
+        xlsx_builds.build(crawl.code, 1, "../x")
+
+
+def test_filtered_builds_are_for_the_owner_only(client, outsider, owner, crawl):
+    snapshot = exports.snapshot_max_id(crawl)
+    for only in exports.ONLY:
+        xlsx_builds.build(crawl.code, snapshot, only)
+    urls = [url + "?only=invalid" for url in xlsx_urls(crawl, snapshot).values() if "?" not in url]
+    urls += [f"/api/crawls/{crawl.code}/export?format=xlsx&only=new",
+             reverse("dashboard:crawl-export", args=[crawl.code]) + "?format=xlsx&only=invalid"]
+    for name, status in (("anonymous", (302, 401)), ("outsider", (404,))):
+        if name == "outsider":
+            client.force_login(outsider)
+        for url in urls:
+            response = client.get(url, HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(outsider)}") if (
+                name == "outsider" and url.startswith("/api/")) else client.get(url)
+            assert response.status_code in status, (name, url, response.status_code)
+        posted = client.post(reverse("dashboard:crawl-xlsx-request", args=[crawl.code]), {"only": "invalid"})
+        assert posted.status_code in status
+    assert tasks.tasks_queue().get_job_ids() == []
