@@ -4,7 +4,9 @@ Scrapy's ``RobotsTxtMiddleware`` reads every robots.txt it could not get (a 5xx 
 timeout, a refused connection) as "no rules": under load a crawl would then fetch the pages the
 site forbids. :class:`FailClosedRobotsTxtMiddleware` keeps Scrapy's machinery (one robots.txt
 download per host, every request of that host waiting for it, redirects followed by Scrapy's
-RedirectMiddleware, the ``robotstxt/*`` stats) and changes what an unusable answer means:
+RedirectMiddleware, the ``robotstxt/*`` stats), makes every waiting request get the answer (Scrapy's
+hands "allow all" to all but the first request waiting for a host's robots.txt, see
+:meth:`FailClosedRobotsTxtMiddleware.robot_parser`) and changes what an unusable answer means:
 
 * 2xx: the file's rules;
 * 4xx (404 included): no rules, every page is allowed;
@@ -26,6 +28,7 @@ from typing import Any
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
 from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.httpobj import urlparse_cached
+from twisted.internet.defer import Deferred
 
 from .netguard import BlockedAddress
 
@@ -70,6 +73,17 @@ class FailClosedRobotsTxtMiddleware(RobotsTxtMiddleware):
                 request.meta.setdefault("redirect_ttl", MAX_REDIRECTS)
             return
         await super().process_request(request)
+
+    async def robot_parser(self, request: Any) -> Any:
+        """The parser of the request's host, once its robots.txt is settled. Scrapy hands the
+        answer to the requests waiting for it through one Deferred, awaited by each as a Future:
+        the first waiter takes the result and the Deferred passes ``None`` ("allow all") to the
+        others. The settled parser is therefore read back from ``_parsers``, never from the wait."""
+        await super().robot_parser(request)
+        parser = self._parsers.get(urlparse_cached(request).netloc)
+        if parser is None or isinstance(parser, Deferred):  # never settled to a parser: refuse
+            return DisallowAll("its robots.txt was not settled")
+        return parser
 
     def process_request_2(self, rp: Any, request: Any) -> None:
         if isinstance(rp, Refused):

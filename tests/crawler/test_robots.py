@@ -23,6 +23,7 @@ PUBLIC = ["/", "/a", "/b"]
 PRIVATE = ["/private/x", "/private/y"]
 RULES_TXT = b"User-agent: *\nDisallow: /private/\n"
 HANG_S = 20.0  # far past the crawl's DOWNLOAD_TIMEOUT; the site lets go when it stops
+SLOW_S = 0.3  # a robots.txt that comes late, but in time
 
 
 class RobotsSite:
@@ -66,6 +67,8 @@ class RobotsSite:
             if self.robots == "hang":
                 self.released.wait(HANG_S)
                 return 503, text, b"too late"
+            if self.robots == "slow":
+                self.released.wait(SLOW_S)
             if self.robots.startswith("redirect"):  # redirectN: N redirects, then the rules
                 hop = int(path[len("/robots"):-len(".txt")] or 0)
                 if hop < int(self.robots[len("redirect"):]):
@@ -97,12 +100,14 @@ def sites():
 def test_robots_txt_that_cannot_be_had_disallows_the_host(r, code, redis_url, sites):
     """503 (after retries) and a robots.txt that never comes (timeout) fetch no page of their host;
     404 fetches every page; rules, reached directly or through five redirects, are obeyed; six
-    redirects are too many (no page)."""
-    hosts = sites("503", "hang", "404", "rules", "redirect5", "redirect6")
+    redirects are too many (no page). Private start URLs popped at once with the first request of
+    their host wait for its late robots.txt."""
+    hosts = sites("503", "hang", "404", "rules", "redirect5", "redirect6", "slow")
+    starts = [h.url + "/" for h in hosts.values()] + [hosts["slow"].url + p for p in PRIVATE + ["/a"]]
     state.launch(r, code, definition.validate({
-        "name": "robots", "start_urls": [h.url + "/" for h in hosts.values()], "allowed_domains": ["127.0.0.1"],
+        "name": "robots", "start_urls": starts, "allowed_domains": ["127.0.0.1"],
         "item": {"fields": [{"name": "title", "selector": "h1::text"}]},
-        "settings": {"DOWNLOAD_TIMEOUT": 1.0, "RETRY_TIMES": 1, "ROBOTSTXT_OBEY": True},
+        "settings": {"DOWNLOAD_TIMEOUT": 2.0, "RETRY_TIMES": 1, "ROBOTSTXT_OBEY": True},
     }))
     proc = start_worker(redis_url, code, "w1")
     counters = conduct(r, code, [proc], timeout=90)
@@ -112,13 +117,13 @@ def test_robots_txt_that_cannot_be_had_disallows_the_host(r, code, redis_url, si
         assert hosts[closed].pages() == set(), closed
     assert hosts["503"].requests["/robots.txt"] == 2  # retried once, as any 503
     assert hosts["404"].pages() == set(PUBLIC + PRIVATE)
-    for ruled in ("rules", "redirect5"):
+    for ruled in ("rules", "redirect5", "slow"):
         assert hosts[ruled].pages() == set(PUBLIC), ruled
         assert not [p for p in hosts[ruled].requests if p.startswith("/private/")]
     assert hosts["redirect5"].requests["/robots5.txt"] == 1
     assert "/robots6.txt" not in hosts["redirect6"].requests  # the sixth redirect is not followed
     # refused by robots: 3 start URLs of closed hosts, 2 private pages of each host with rules
-    assert int(counters["stats"]["robots_forbidden"]) == 3 + 2 * 2
+    assert int(counters["stats"]["robots_forbidden"]) == 3 + 2 * 3
     log = "\n".join(f.get("message", "") for _id, f in r.xrange(keys.log(code)))
     assert f"No page of 127.0.0.1:{hosts['503'].port} is fetched in this run: its robots.txt answered HTTP 503" in log
 
@@ -171,3 +176,24 @@ def test_a_host_whose_robots_txt_the_network_refused_is_refused_as_such():
     asyncio_run = __import__("asyncio").run
     asyncio_run(mw._parse_robots(page, "c.example", Request("http://c.example/p")))
     mw.process_request_2(mw._parsers["c.example"], Request("http://c.example/p"))  # 404: allowed, body ignored
+
+
+def test_every_request_waiting_for_a_robots_txt_gets_its_rules():
+    """Scrapy hands the parser to the first waiter only (the others got None: allow all)."""
+    import asyncio
+
+    from scrapy.utils.test import get_crawler
+    from twisted.internet.defer import Deferred
+
+    mw = FailClosedRobotsTxtMiddleware(get_crawler(settings_dict={"ROBOTSTXT_OBEY": True}))
+
+    async def three_wait():
+        mw._parsers["d.example"] = Deferred()
+        waiting = [asyncio.ensure_future(mw.robot_parser(Request(f"http://d.example/{n}"))) for n in range(3)]
+        await asyncio.sleep(0)
+        rules = Response("http://d.example/robots.txt", status=200, body=RULES_TXT)
+        await mw._parse_robots(rules, "d.example", Request("http://d.example/0"))
+        return await asyncio.gather(*waiting)
+
+    parsers = asyncio.run(three_wait())
+    assert [p.allowed("http://d.example/private/x", "bot") for p in parsers] == [False, False, False]
