@@ -6,16 +6,22 @@ pages and two under ``/private/``. What its robots.txt does decides what a crawl
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Request, Response
+from scrapy.http.request import NO_CALLBACK
+from scrapy.utils.test import get_crawler
+from twisted.internet.defer import Deferred
 
 from crawler import definition, keys, state
 from crawler.netguard import BlockedAddress
 from crawler.robots import ALLOW_ALL, DISALLOW_ALL, RULES, FailClosedRobotsTxtMiddleware, verdict
+from crawler.settings import fetch_settings
 from helpers import conduct, start_worker
 from tests.servers import allow_crawling, disallow_crawling
 
@@ -135,11 +141,6 @@ def test_verdict_of_each_answer():
 
 
 def test_the_middleware_replaces_scrapys_and_caps_robots_redirects():
-    from scrapy.http.request import NO_CALLBACK
-    from scrapy.utils.test import get_crawler
-
-    from crawler.settings import fetch_settings
-
     settings = fetch_settings({"settings": {}})
     base = settings.getdict("DOWNLOADER_MIDDLEWARES_BASE")
     assert base["crawler.robots.FailClosedRobotsTxtMiddleware"] == 100
@@ -148,17 +149,12 @@ def test_the_middleware_replaces_scrapys_and_caps_robots_redirects():
     mw = FailClosedRobotsTxtMiddleware(get_crawler(settings_dict={"ROBOTSTXT_OBEY": True}))
     ours = Request("http://shop.example/robots.txt", callback=NO_CALLBACK, meta={"dont_obey_robotstxt": True})
     users = Request("http://shop.example/robots.txt", meta={"dont_obey_robotstxt": True})
-    import asyncio
-
     for request in (ours, users):
         asyncio.run(mw.process_request(request))
     assert ours.meta["redirect_ttl"] == 5 and "redirect_ttl" not in users.meta
 
 
 def test_a_host_whose_robots_txt_the_network_refused_is_refused_as_such():
-    from scrapy.utils.test import get_crawler
-    from twisted.internet.defer import Deferred
-
     crawler = get_crawler(settings_dict={"ROBOTSTXT_OBEY": True})
     crawler.stats.open_spider()
     mw = FailClosedRobotsTxtMiddleware(crawler)
@@ -168,23 +164,17 @@ def test_a_host_whose_robots_txt_the_network_refused_is_refused_as_such():
         mw._robots_error(exc, netloc)
     with pytest.raises(BlockedAddress, match=r"^refused http://a.example/p: a.example is private$"):
         mw.process_request_2(mw._parsers["a.example"], Request("http://a.example/p"))
-    with pytest.raises(Exception, match="Forbidden by robots.txt"):
+    with pytest.raises(IgnoreRequest, match="^Forbidden by robots.txt$"):
         mw.process_request_2(mw._parsers["b.example"], Request("http://b.example/p"))
     assert crawler.stats.get_value("robotstxt/forbidden") == 1
     page = Response("http://c.example/robots.txt", status=404, body=b"User-agent: *\nDisallow: /\n")
     mw._parsers["c.example"] = Deferred()
-    asyncio_run = __import__("asyncio").run
-    asyncio_run(mw._parse_robots(page, "c.example", Request("http://c.example/p")))
+    asyncio.run(mw._parse_robots(page, "c.example", Request("http://c.example/p")))
     mw.process_request_2(mw._parsers["c.example"], Request("http://c.example/p"))  # 404: allowed, body ignored
 
 
 def test_every_request_waiting_for_a_robots_txt_gets_its_rules():
     """Scrapy hands the parser to the first waiter only (the others got None: allow all)."""
-    import asyncio
-
-    from scrapy.utils.test import get_crawler
-    from twisted.internet.defer import Deferred
-
     mw = FailClosedRobotsTxtMiddleware(get_crawler(settings_dict={"ROBOTSTXT_OBEY": True}))
 
     async def three_wait():
