@@ -243,7 +243,8 @@ class WorkerStats:
     # worker stats summed crawl-wide in the crawl's stats hash, under these fields
     SHIPPED_STATS = {"crawlsite/blocked_address": "blocked_address", "crawlsite/blocked_scheme": "blocked_scheme",
                      f"crawlsite/{ITEMS_TOO_LARGE}": ITEMS_TOO_LARGE,
-                     "crawlsite/polite_wait_ms": "polite_wait_ms"}
+                     "crawlsite/polite_wait_ms": "polite_wait_ms",
+                     "robotstxt/forbidden": "robots_forbidden"}  # Scrapy's count, kept by crawler.robots
 
     def __init__(self, redis: redis.Redis, code: str, worker: str, *, crawler: Crawler | None = None,
                  interval: float = 0.25, ttl: float = 10.0, stats: Any = None, give_up: float = 60.0):

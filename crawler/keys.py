@@ -203,6 +203,16 @@ def owner_group(owner_id: int) -> str:
     return f"{OVERVIEW_GROUP}.owner.{int(owner_id)}"
 
 
+RATED_ACTIONS = ("preview", "channel-test")
+
+
+def rate(action: str, user_id: int, minute: int) -> str:
+    """Counter of the ``action`` one user asked for in one minute (dashboard/ratelimit.py)."""
+    if action not in RATED_ACTIONS:
+        raise ValueError(f"unknown rated action {action!r}")
+    return f"{PREFIX}:{action}:{int(user_id)}:{int(minute)}"
+
+
 def preview_rate(user_id: int, minute: int) -> str:
     """Counter of the previews one user asked for in one minute (expires with the minute)."""
-    return f"{PREFIX}:preview:{int(user_id)}:{int(minute)}"
+    return rate("preview", user_id, minute)

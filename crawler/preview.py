@@ -11,7 +11,8 @@ The page is fetched by Scrapy with the worker's settings (:func:`crawler.setting
 user agent, size limit, network guard in the resolver, only http and https), and read by the
 built-in spider's own rules (:class:`crawler.extraction.Rules`). Differences, on purpose: no
 retries, a download time limit of at most :data:`TIME_LIMIT` seconds, and robots.txt is fetched
-and reported rather than obeyed, so a page a crawl would skip can still be tried. The output is
+and reported rather than obeyed, so a page a crawl would skip can still be tried (reported as a
+crawl reads it, failing closed: :mod:`crawler.robots`). The output is
 bounded (items, links, string lengths). Run as a subprocess of the dashboard: Scrapy's reactor
 never runs in the web process.
 """
@@ -29,6 +30,7 @@ import scrapy
 
 from .extraction import OFF_DOMAIN, Rules, parsed
 from .netpolicy import Policy, scheme_allowed
+from .robots import ALLOW_ALL, MAX_REDIRECTS, verdict
 
 TIME_LIMIT = 15.0  # seconds for one download (DOWNLOAD_TIMEOUT, if the definition's is longer)
 MAX_ITEMS = 100
@@ -97,11 +99,11 @@ class PreviewSpider(scrapy.Spider):
         parts = urlsplit(self.url)
         robots = urlunsplit((parts.scheme, parts.netloc, "/robots.txt", "", ""))
         yield scrapy.Request(robots, callback=self.got_robots, errback=self.robots_failed, dont_filter=True,
-                             priority=1)
+                             priority=1, meta={"redirect_ttl": MAX_REDIRECTS})
         yield scrapy.Request(self.url, callback=self.got_page, errback=self.page_failed, dont_filter=True,
                              meta={"depth": self.depth})
 
-    # -- robots.txt: noted, not obeyed ----------------------------------------------------------
+    # -- robots.txt: noted, not obeyed; read as a crawl reads it (crawler.robots) ---------------
 
     def _robots(self, allowed: bool | None, note: str) -> None:
         obeyed = self.settings.getbool("CRAWLSITE_PREVIEW_ROBOTS_OBEY")
@@ -118,11 +120,18 @@ class PreviewSpider(scrapy.Spider):
     def robots_failed(self, failure):
         from scrapy.spidermiddlewares.httperror import HttpError
 
+        from .netguard import BlockedAddress
+
         if failure.check(HttpError):
             status = failure.value.response.status
-            self._robots(True, f"No robots.txt (HTTP {status}): every page is allowed.")
+            if verdict(status) == ALLOW_ALL:
+                self._robots(True, f"No robots.txt (HTTP {status}): every page is allowed.")
+            else:
+                self._robots(False, f"robots.txt answered HTTP {status}: a crawl fetches no page of this site.")
+        elif failure.check(BlockedAddress):
+            self._robots(False, "robots.txt was refused by the network policy: a crawl fetches no page of this site.")
         else:
-            self._robots(None, "robots.txt could not be fetched.")
+            self._robots(False, "robots.txt could not be fetched: a crawl fetches no page of this site.")
 
     # -- the page ---------------------------------------------------------------------------------
 

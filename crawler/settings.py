@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any
 
-from scrapy.settings import Settings
+from scrapy.settings import Settings, default_settings
 
 from .definition import ALLOWED_SETTINGS
 from .netpolicy import ENV_VAR as ALLOWED_NETWORKS, parse_allowed
@@ -41,6 +41,13 @@ COMPONENTS: dict[str, Any] = {
 
 
 HTTP_HANDLER = "crawler.netguard.GuardedHTTPDownloadHandler"
+
+# robots.txt fails closed (crawler.robots): Scrapy's middleware is replaced in the base list, at the
+# same place, fixed at the highest priority so that deployed spiders get it too.
+SCRAPY_ROBOTS = "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"
+ROBOTS_MIDDLEWARE = "crawler.robots.FailClosedRobotsTxtMiddleware"
+MIDDLEWARES_BASE = {(ROBOTS_MIDDLEWARE if name == SCRAPY_ROBOTS else name): order
+                    for name, order in default_settings.DOWNLOADER_MIDDLEWARES_BASE.items()}
 
 # The network policy (crawler.netpolicy, crawler.netguard), set at the highest priority so that
 # neither a definition nor a deployed project's settings can loosen it: only http(s) has a
@@ -117,6 +124,7 @@ def fetch_settings(definition: dict[str, Any], extra: dict[str, Any] | None = No
             settings.set(name, value, priority=ours)
     for name, value in NETWORK.items():
         settings.set(name, value, priority="cmdline")
+    settings.set("DOWNLOADER_MIDDLEWARES_BASE", MIDDLEWARES_BASE, priority="cmdline")
     settings.set(ALLOWED_NETWORKS, allowed_networks(), priority="cmdline")
     for name, value in (overrides or {}).items():
         if name in NETWORK:

@@ -233,6 +233,8 @@ CRAWLSITE_MAX_ITEM_BYTES = env_int("CRAWLSITE_MAX_ITEM_BYTES", 1024 * 1024, mini
 # "Try it" previews (dashboard/preview.py): per user per minute, and the whole subprocess's time limit.
 PREVIEWS_PER_MINUTE = env_int("PREVIEWS_PER_MINUTE", 10, minimum=1, maximum=10_000)
 PREVIEW_TIMEOUT = env_float("PREVIEW_TIMEOUT", 40, minimum=5, maximum=600)
+# "Send test" of a notification channel (dashboard/notify.py): per user per minute.
+CHANNEL_TESTS_PER_MINUTE = env_int("CHANNEL_TESTS_PER_MINUTE", 6, minimum=1, maximum=10_000)
 # Largest definition file accepted by "Import" on the project form (bytes).
 DEFINITION_IMPORT_MAX_BYTES = env_int("DEFINITION_IMPORT_MAX_BYTES", 512 * 1024, minimum=1024, maximum=16 * 1024 * 1024)
 # Largest deployed Scrapy project (egg or zip upload, bytes), and how long listing its spiders

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from crawler.counters import COUNTERS, RATES
 from crawler.definition import DefinitionError
-from dashboard import engine, history, live, monitors, notify, quotas, schedules, xlsx_builds
+from dashboard import engine, history, live, monitors, notify, quotas, ratelimit, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard.exports import ITEMS_PAGE_MAX, export_response, items_page, unknown_filter_response
 from dashboard.models import (
@@ -662,12 +662,17 @@ class PreviewOut(Schema):
     notes: list[str]
 
 
-def preview_error_response(request, exc):
-    body = {"detail": exc.detail, "errors": exc.errors} if exc.status == 422 else {"detail": exc.detail}
-    response = api.create_response(request, body, status=exc.status)
+def refusal_response(request, exc, body=None):
+    """The answer to a refused action (a PreviewError, a ratelimit.Limited): its status, ``detail``
+    (or ``body``) and, past a rate limit, ``Retry-After``."""
+    response = api.create_response(request, body or {"detail": exc.detail}, status=exc.status)
     if exc.retry_after:
         response["Retry-After"] = str(exc.retry_after)
     return response
+
+
+def preview_error_response(request, exc):
+    return refusal_response(request, exc, {"detail": exc.detail, "errors": exc.errors} if exc.status == 422 else None)
 
 
 @api.post("/preview", response={200: PreviewOut, 422: ValidationOut, 429: ErrorOut, 500: ErrorOut, 503: ErrorOut},
@@ -1016,13 +1021,17 @@ def delete_channel(request, project_id: str, channel_id: str):
     return Status(204, None)
 
 
-@api.post("/projects/{project_id}/channels/{channel_id}/test", response={202: ErrorOut, 404: ErrorOut},
-          tags=["alerts"])
+@api.post("/projects/{project_id}/channels/{channel_id}/test",
+          response={202: ErrorOut, 404: ErrorOut, 429: ErrorOut, 503: ErrorOut}, tags=["alerts"])
 def test_channel(request, project_id: str, channel_id: str):
-    """Queue a ``test`` notification through the channel; the delivery log shows how it went."""
+    """Queue a ``test`` notification through the channel; the delivery log shows how it went.
+    429 past ``CHANNEL_TESTS_PER_MINUTE`` per user (``Retry-After``)."""
     project = _project(request, project_id)
     channel = get_object_or_404(project.channels, public_id=channel_id)
-    notify.send_test(channel)
+    try:
+        notify.send_test(channel, request.user)
+    except ratelimit.Limited as exc:
+        return refusal_response(request, exc)
     return Status(202, {"detail": "A test notification is queued; see the delivery log."})
 
 

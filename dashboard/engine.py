@@ -150,7 +150,8 @@ def final_stats(crawl, counters):
     stats["items_stored"] = crawl.items.count()
     stats["workers"] = len(counters["workers"])
     stats["coverage"] = counters.get("coverage") or {}  # field -> percent of items (dashboard/live.py)
-    for name in ("blocked_address", "blocked_scheme"):  # refused by the network policy (crawler.netguard)
+    # refused by the network policy (crawler.netguard) or by robots.txt (crawler.robots)
+    for name in ("blocked_address", "blocked_scheme", "robots_forbidden"):
         stats[name] = int(counters["stats"].get(name, 0))
     return stats
 

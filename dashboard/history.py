@@ -38,7 +38,8 @@ LOG_LINES = 500
 SERIES_MAX = 2400
 # Error counts by type, from the crawl's stats hash (crawler/extensions.py writes them).
 ERROR_FIELDS = {"errors:download": "download", "errors:spider": "spider", "blocked_address": "blocked_address",
-                "blocked_scheme": "blocked_scheme", "items_too_large": "items_too_large"}
+                "blocked_scheme": "blocked_scheme", "robots_forbidden": "robots_forbidden",
+                "items_too_large": "items_too_large"}
 # Item keys listed per side in a comparison (the counts are complete).
 COMPARE_LIST = 50
 

@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -32,7 +33,7 @@ from django.db import IntegrityError, transaction
 from rq import Retry, get_current_job
 
 from crawler.netpolicy import Policy, scheme_allowed
-from dashboard import live, tasks
+from dashboard import live, ratelimit, tasks
 from dashboard.models import Alert, Channel, Delivery
 
 log = logging.getLogger(__name__)
@@ -264,17 +265,32 @@ def signature(secret, raw):
 # -- a guarded POST --------------------------------------------------------------------------------
 
 
-def resolve(host, port):
-    """Every address ``host`` resolves to (a literal address is itself)."""
+def resolve(host, port, timeout):
+    """Every address ``host`` resolves to (a literal address is itself), within ``timeout`` seconds.
+
+    ``getaddrinfo`` has no time limit of its own: it runs in a daemon thread of its own, and a
+    lookup that does not answer in time is abandoned (the thread ends with the system's lookup)."""
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
         pass
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise DeliveryError(f"cannot resolve {host[:100]} ({exc})") from None
-    return list(dict.fromkeys(ipaddress.ip_address(f[4][0].split("%")[0]) for f in found))
+    answer = {}
+    done = threading.Event()
+
+    def lookup():
+        try:
+            answer["found"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            answer["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="notify-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise DeliveryError(f"cannot resolve {host[:100]}: no answer within {timeout:g} s")
+    if "error" in answer:
+        raise DeliveryError(f"cannot resolve {host[:100]} ({answer['error']})")
+    return list(dict.fromkeys(ipaddress.ip_address(f[4][0].split("%")[0]) for f in answer["found"]))
 
 
 def post(url, raw, headers, timeout=None, max_bytes=None):
@@ -283,7 +299,7 @@ def post(url, raw, headers, timeout=None, max_bytes=None):
     The host is resolved once; every address must pass the policy (else Refused); the connection
     goes to the first address, with the URL's host name for the Host header, TLS SNI and
     certificate check. No redirect is followed; at most ``max_bytes`` of the answer are read, and
-    the whole exchange stops after ``timeout`` seconds."""
+    the whole exchange, name lookup included, stops after ``timeout`` seconds."""
     timeout = settings.ALERT_SEND_TIMEOUT if timeout is None else timeout
     max_bytes = settings.ALERT_RESPONSE_MAX_BYTES if max_bytes is None else max_bytes
     parts = urlsplit(url)
@@ -291,7 +307,8 @@ def post(url, raw, headers, timeout=None, max_bytes=None):
     if scheme not in ("http", "https") or not parts.hostname:
         raise Refused(f"{scheme or 'no'} scheme: only http and https are sent to")
     port = parts.port or (443 if scheme == "https" else 80)
-    addresses = resolve(parts.hostname, port)
+    deadline = time.monotonic() + timeout
+    addresses = resolve(parts.hostname, port, timeout)
     policy = Policy.from_env()
     for address in addresses:
         refusal = policy.check(address, port)
@@ -300,8 +317,8 @@ def post(url, raw, headers, timeout=None, max_bytes=None):
     if not addresses:
         raise DeliveryError(f"{parts.hostname} resolves to no address")
     address = str(addresses[0])
-    deadline = time.monotonic() + timeout
-    limits = urllib3.Timeout(connect=timeout, read=timeout)
+    left = max(0.001, deadline - time.monotonic())
+    limits = urllib3.Timeout(connect=left, read=left)
     if scheme == "https":
         pool = urllib3.HTTPSConnectionPool(address, port, timeout=limits, retries=False, maxsize=1,
                                            server_hostname=parts.hostname, assert_hostname=parts.hostname,
@@ -342,7 +359,9 @@ def post(url, raw, headers, timeout=None, max_bytes=None):
 # -- send test -------------------------------------------------------------------------------------
 
 
-def send_test(channel):
-    """Queue a ``test`` notification through one channel (the "Send test" button)."""
+def send_test(channel, user):
+    """Queue a ``test`` notification through one channel (the "Send test" button), at most
+    ``CHANNEL_TESTS_PER_MINUTE`` a minute per user (:class:`dashboard.ratelimit.Limited` past it)."""
+    ratelimit.take_turn("channel-test", user, settings.CHANNEL_TESTS_PER_MINUTE, "test notifications")
     key = f"test:{channel.public_id}:{secrets.token_hex(6)}"
     return announce(channel.project, Alert.TEST, key, channels=[channel])

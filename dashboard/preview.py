@@ -4,22 +4,19 @@ The page is fetched and read by ``python -m crawler.preview`` in a subprocess: S
 never runs in the web process (an in-process crawl would hang under Channels/daphne), the fetch
 goes through the worker's network guard and settings, and the subprocess has a hard time limit
 and a bounded output. :func:`run` is a coroutine, awaited by async views: waiting up to
-``PREVIEW_TIMEOUT`` for the subprocess holds no thread of the web process. Each user may ask for ``PREVIEWS_PER_MINUTE`` previews a minute (a counter
-in Redis, so every web process shares it).
+``PREVIEW_TIMEOUT`` for the subprocess holds no thread of the web process. Each user may ask for ``PREVIEWS_PER_MINUTE`` previews a minute
+(:mod:`dashboard.ratelimit`).
 """
 
 import asyncio
 import json
 import sys
-import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from redis.exceptions import RedisError
 
-from crawler import keys
 from crawler.definition import DefinitionError, validate_url
-from dashboard.redis import get_redis
+from dashboard import ratelimit
 
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes of JSON from the subprocess
 MAX_DEPTH = 1000
@@ -59,20 +56,10 @@ def check_target(definition, url, depth=0):
 
 def take_turn(user, now=None):
     """Count one preview for ``user``; PreviewError 429 (with ``retry_after``) past the limit."""
-    now = time.time() if now is None else now
-    minute = int(now // 60)
-    key = keys.preview_rate(user.pk, minute)
     try:
-        pipe = get_redis().pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = pipe.execute()
-    except RedisError as exc:
-        raise PreviewError(f"Redis is unreachable; previews are off for now ({exc}).", status=503) from None
-    limit = settings.PREVIEWS_PER_MINUTE
-    if count > limit:
-        wait = max(1, int((minute + 1) * 60 - now + 0.999))
-        raise PreviewError(f"At most {limit} previews a minute: try again in {wait} s.", status=429, retry_after=wait)
+        ratelimit.take_turn("preview", user, settings.PREVIEWS_PER_MINUTE, "previews", now)
+    except ratelimit.Limited as exc:
+        raise PreviewError(exc.detail, status=exc.status, retry_after=exc.retry_after) from None
 
 
 async def run(user, definition, url, depth=0):

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from crawler.definition import MAX_WORKERS
 from crawler.definition import DefinitionError
-from dashboard import engine, exports, history, live, monitors, notify, quotas, schedules, xlsx_builds
+from dashboard import engine, exports, history, live, monitors, notify, quotas, ratelimit, schedules, xlsx_builds
 from dashboard import preview as previews
 from dashboard import items as item_queries
 from dashboard.forms import (ASCII_WHOLE_NUMBER, DefinitionImportForm, ProjectForm, RunForm, ScheduleForm, TokenForm,
@@ -259,7 +259,11 @@ def project_channel_delete(request, code, channel_id):
 def project_channel_test(request, code, channel_id):
     project = _get_project_for_user(request, code)
     channel = get_object_or_404(project.channels, public_id=channel_id)
-    notify.send_test(channel)
+    try:
+        notify.send_test(channel, request.user)
+    except ratelimit.Limited as exc:
+        messages.error(request, f"No test notification sent. {exc.detail}")
+        return redirect(project)
     messages.success(request, "Test notification queued: the delivery log below shows how it went.")
     return redirect(project)
 

@@ -3,8 +3,8 @@ working on.
 
 The ``lifecycle`` demo site answers slowly (150 ms a page) and has every path a lease can take:
 404s, 500s that are retried (and pages that fail once, then answer), a chain of two redirects,
-links robots.txt disallows, a page that times out (DOWNLOAD_TIMEOUT 3 s, retried; not less: Scrapy reads a
-robots.txt that failed to download, a timeout on a loaded machine, as "allow all"), duplicate
+links robots.txt disallows, a page that times out (DOWNLOAD_TIMEOUT 3 s, retried; not less: a
+robots.txt that timed out on a loaded machine would disallow the whole site, crawler.robots), duplicate
 and offsite links. Two real worker processes with 16 concurrent requests each are paused at
 random moments; each pause must reach ``paused`` on both workers with nothing leased, and the
 crawl still ends with every expected item exactly once.

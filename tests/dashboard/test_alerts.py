@@ -9,14 +9,16 @@ any test site.
 import hashlib
 import hmac
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
 from rq import SimpleWorker
 
-from crawler import state
+from crawler import keys, state
 from dashboard import engine, monitors, notify, tasks
 from dashboard.conductor import Conductor
 from dashboard.models import Alert, ApiToken, Channel, Crawl, Delivery, Monitor
@@ -205,7 +207,7 @@ def test_a_webhook_gets_a_signed_test_message_and_a_name_resolving_to_a_refused_
                                                                                                    receiver):
     project = project_for(owner)
     channel = Channel.objects.create(project=project, kind=Channel.WEBHOOK, url=receiver.url, secret=SECRET)
-    notify.send_test(channel)
+    notify.send_test(channel, owner)
     run_tasks()
     [(headers, body)] = receiver.posts
     assert verify(headers, body) and json.loads(body)["event"] == "test"
@@ -237,6 +239,53 @@ def test_a_webhook_redirect_is_not_followed_and_a_hanging_answer_is_cut_at_the_t
     finally:
         receiver.hang.clear()
         receiver.release.set()
+
+
+@pytest.mark.django_db
+def test_a_name_lookup_that_hangs_is_cut_at_the_send_time_limit(monkeypatch):
+    """getaddrinfo has no time limit of its own (a silent DNS server cannot be served here: the
+    system resolver is replaced by one that never answers until released)."""
+    asked, release = threading.Event(), threading.Event()
+    system = socket.getaddrinfo
+
+    def silent_dns(host, *args, **kwargs):
+        if host != "hooks.example":
+            return system(host, *args, **kwargs)
+        asked.set()
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent_dns)
+    try:
+        with pytest.raises(notify.DeliveryError, match=r"^cannot resolve hooks.example: no answer within 0.5 s$"):
+            notify.post("http://hooks.example/hook", b"{}", {}, timeout=0.5)
+        assert asked.is_set() and not release.is_set()  # given up while the lookup still hung
+    finally:
+        release.set()
+        monkeypatch.undo()
+
+
+@pytest.mark.django_db
+def test_send_test_is_rate_limited_per_user_in_the_api_and_the_page(client, owner, outsider, auth, settings,
+                                                                     redis_client):
+    settings.CHANNEL_TESTS_PER_MINUTE = 2
+    project = project_for(owner)
+    channel = Channel.objects.create(project=project, kind=Channel.WEBHOOK, url="http://127.0.0.1:9/", secret=SECRET)
+    api_path = f"/api/projects/{project.code}/channels/{channel.public_id}/test"
+    assert client.post(api_path, **auth).status_code == 202
+    minute = int(time.time() // 60)
+    for m in (minute, minute + 1):  # this minute and the next: the test may straddle them
+        redis_client.set(keys.rate("channel-test", owner.pk, m), 2)
+    answer = client.post(api_path, **auth)
+    assert answer.status_code == 429
+    assert 1 <= int(answer["Retry-After"]) <= 61
+    assert answer.json()["detail"].startswith("At most 2 test notifications a minute: try again in ")
+    client.force_login(owner)
+    page = client.post(f"/projects/{project.code}/channels/{channel.public_id}/test", follow=True)
+    assert "No test notification sent. At most 2 test notifications a minute" in page.content.decode()
+    assert Alert.objects.filter(event=Alert.TEST).count() == 1  # only the first one
+    notify.send_test(channel, outsider)  # another user's count is their own: no error
+    assert Alert.objects.filter(event=Alert.TEST).count() == 2
 
 
 @pytest.mark.django_db(transaction=True)

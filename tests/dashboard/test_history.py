@@ -88,7 +88,7 @@ def test_history_survives_cancel_and_the_loss_of_the_crawls_redis_keys(owner, se
     clock = iter(range(1000, 2000))
     publisher.clock = lambda: float(next(clock))
     redis.hset(keys.stats(crawl.code), mapping={"pages": 7, "errors": 2, "status:200": 5, "status:404": 2,
-                                                "errors:download": 1})
+                                                "errors:download": 1, "robots_forbidden": 4})
     for _ in range(3):
         publisher.publish(crawl, state.read_counters(redis, crawl.code), [])
     redis.xadd(keys.log(crawl.code), {"worker": "w1", "level": "ERROR", "logger": "scrapy", "message": "boom",
@@ -101,7 +101,7 @@ def test_history_survives_cancel_and_the_loss_of_the_crawls_redis_keys(owner, se
     crawl = Crawl.objects.get(pk=crawl.pk)
     kept = CrawlHistory.objects.get(crawl=crawl)
     assert len(kept.series) == 3 and kept.status_codes == {"200": 5, "404": 2}
-    assert kept.errors == {"http_4xx": 2, "download": 1}
+    assert kept.errors == {"http_4xx": 2, "download": 1, "robots_forbidden": 4}
     assert [line["message"] for line in kept.log] == ["boom"]
     body = api(owner, f"/api/crawls/{crawl.code}").json()
     assert body["status"] == "cancelled" and body["counters"]["pages"] == 7 and body["counters"]["errors"] == 2

@@ -73,8 +73,8 @@ class CrawlLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.site = start_site("lifecycle", delay_ms=PAGE_MS)
         self.procs = []
-        # /slow/ times out. DOWNLOAD_TIMEOUT is 3 s, not 1: Scrapy reads a robots.txt that failed to
-        # download (it could time out on a loaded machine) as "allow everything"
+        # /slow/ times out. DOWNLOAD_TIMEOUT is 3 s, not 1: a robots.txt that timed out on a loaded
+        # machine would disallow the whole site (crawler.robots fails closed)
         definition = self.site.recommended_definition(slow=True)
         definition["settings"].update(SETTINGS)
         definition["name"] = f"Lifecycle {uuid.uuid4().hex[:8]}"  # one project per example

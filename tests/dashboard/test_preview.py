@@ -155,6 +155,18 @@ def test_robots_txt_and_what_a_crawl_would_skip_are_noted(site, api):
 
 
 @pytest.mark.django_db
+def test_robots_txt_that_cannot_be_had_is_noted_as_a_crawl_reads_it(site, api):
+    """Like a crawl (crawler.robots): a 5xx robots.txt disallows the site, a 404 allows it."""
+    for status, allowed, note in (
+            (503, False, "robots.txt answered HTTP 503: a crawl fetches no page of this site."),
+            (404, True, "No robots.txt (HTTP 404): every page is allowed.")):
+        site.pages["/robots.txt"] = (status, {}, b"User-agent: *\nDisallow: /shelf/\n")
+        answer = ask(api, {"definition": shelf_definition(site), "url": f"{site.url}/shelf/1"})
+        assert answer.status_code == 200, answer.content
+        assert answer.json()["robots"] == {"obeyed": True, "allowed": allowed, "note": note}
+
+
+@pytest.mark.django_db
 def test_a_refused_address_is_refused_with_the_reason(site, api):
     answer = ask(api, {"definition": shelf_definition(site), "url": "http://169.254.169.254/latest/meta-data/"})
     assert answer.status_code == 422
