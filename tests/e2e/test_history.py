@@ -58,3 +58,14 @@ def test_ended_runs_chart_from_the_database_and_compare(logged_in_page, live_asg
     expect(page.locator('[data-keys="appeared"] li')).to_contain_text("sku=c")
     expect(page.locator('[data-keys="disappeared"] li')).to_contain_text("sku=b")
     page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
+
+
+def test_one_run_charts_over_hours_not_years(logged_in_page, live_asgi, owner):
+    """A single run has no time span: the runs chart pads its time axis by an hour each side
+    (uPlot alone stretched it over years)."""
+    project = project_for(owner, "Once", item={"fields": FIELDS})
+    Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
+    logged_in_page.goto(f"{live_asgi.url}/projects/{project.code}/")
+    chart = logged_in_page.locator('[data-chart="runs"]')
+    expect(chart).to_have_attribute("data-points", "1")
+    assert int(chart.get_attribute("data-span")) == 7200
