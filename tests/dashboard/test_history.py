@@ -235,3 +235,16 @@ def test_the_project_page_says_what_a_definition_leaves_to_defaults(owner):
     deployed.save()
     page = client.get(f"/projects/{deployed.code}/").content.decode()
     assert page.count("the spider's own") == 2 and "category=books" in page
+
+
+def test_a_run_cancelled_while_paused_keeps_its_field_coverage_and_its_monitor_sees_it(owner):
+    """Cancel deletes the Redis state: the coverage counted there is kept with the other counters,
+    so a coverage monitor is not failed by a 0 % that no item had."""
+    project = shop(owner)
+    project.monitors.create(kind="field_coverage", field="price", threshold=90)
+    crawl = crawl_of(project, status=Crawl.PAUSED)
+    push(crawl, {"sku": "1", "price": "1"}, {"sku": "2", "price": "2"})
+    engine.control(crawl, "cancel")
+    crawl.refresh_from_db()
+    assert crawl.stats["coverage"] == {"price": 100.0, "sku": 100.0, "url": 100.0}
+    assert [(c["kind"], c["passed"], c["value"]) for c in crawl.checks] == [("field_coverage", True, 100.0)]
