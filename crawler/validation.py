@@ -243,7 +243,7 @@ def check_validation(value: Any, fields: Iterable[str] | None, add) -> dict:
                     add(f"{path}.{key}", "Must be a number.")
                 else:
                     checked[key] = rule[key]
-        if len(checked) == 1:
+        if len(checked) == 1 and all(rule.get(key) in (None, "") for key in RULE_KEYS if key != "field"):
             add(path, "A rule needs at least one of: type, pattern, min_length, max_length, min, max.")
         if checked["field"]:
             out["rules"].append(checked)

@@ -511,12 +511,13 @@ class ScheduleForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        # Fields that failed their own check are left out (and keep that error): the others are
+        # still checked, so one submit names every bad field.
         payload = {field: data[field] for field in schedules.FIELDS if field in data}
-        if set(payload) != set(schedules.FIELDS):
-            return data  # a field's own error is shown already
         try:
             self.cleaned_schedule = schedules.validate(payload)
         except schedules.ScheduleError as exc:
             for field, messages in exc.errors.items():
-                self.add_error(field if field in self.fields else None, messages)
+                if field not in self.errors:
+                    self.add_error(field if field in self.fields else None, messages)
         return data

@@ -184,6 +184,8 @@ def record_run(crawl, redis=None):
         if not any(name in stats for name in COUNTERS) and row.counters:
             # Ended without final counters (cancelled while paused): those of its history.
             stats.update({name: row.counters.get(name, 0) for name in COUNTERS}, status=row.status_codes)
+        if "coverage" not in stats and captured["counters"].get("coverage"):
+            stats["coverage"] = captured["counters"]["coverage"]  # (idem) what workers counted in Redis
         stats[INVALID] = crawl.items.filter(invalid=True).count()
         stats[REPLACED] = int(row.counters.get(REPLACED, stats.get(REPLACED, 0)) or 0)
         stats["errors_by_type"] = row.errors

@@ -133,7 +133,8 @@ def clean_url(url):
     if literal is not None:
         refusal = Policy.from_env().check(literal, port)
         if refusal:
-            raise ValidationError(f"The URL points at a refused address: {refusal} (network policy).")
+            raise ValidationError(f"The URL points at a refused address: {refusal} (network policy; port {port} "
+                                  "not opened by CRAWLSITE_ALLOWED_NETWORKS).")
     return url
 
 

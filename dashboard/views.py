@@ -194,7 +194,9 @@ def _project_page(request, project, status=200, **forms):
                "monitors": project.monitors.all(), "channels": project.channels.all(),
                "deliveries": Delivery.objects.filter(project=project).select_related("alert__crawl")[:20],
                "monitor_kinds": Monitor.KIND_CHOICES, "channel_kinds": Channel.KIND_CHOICES,
-               "fields": live.crawl_fields(project.definition), **forms}
+               "fields": live.crawl_fields(project.definition),
+               "limits": [(name, value) for name, value in project.definition.get("limits", {}).items() if value],
+               **forms}
     return render(request, "dashboard/project_detail.html", context, status=status)
 
 

@@ -15,9 +15,17 @@
   }));
   var chart = new window.uPlot({
     width: Math.max(200, el.clientWidth), height: 200,
-    scales: {x: {time: true}},
+    // One run (or runs started in the same second) has no time span: uPlot then stretches the
+    // axis over a thousand days. Show an hour on each side instead.
+    scales: {x: {time: true, range: function (u, min, max) {
+      var first = data[0][0], last = data[0][data[0].length - 1];
+      return first === last ? [first - 3600, first + 3600] : [min, max];
+    }}},
     axes: [{}, {size: 60}],
     legend: {live: true},
+    hooks: {setScale: [function (u, key) {
+      if (key === "x") el.setAttribute("data-span", String(Math.round(u.scales.x.max - u.scales.x.min)));
+    }]},
     series: [{label: "run started"}].concat(names.map(function (name, i) {
       return {label: name, stroke: colors[i], width: 2, points: {show: true, size: 6}};
     })),

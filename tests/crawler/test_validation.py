@@ -52,6 +52,12 @@ def test_bad_rule_values_name_their_field():
                            "validation.rules.0.max_length", "validation.rules.0.colour", "validation.rules.1"}
 
 
+
+def test_a_rule_with_only_a_bad_type_names_the_type_not_a_missing_rule():
+    errors = errors_of(validation={"rules": [{"field": "price", "type": "money"}]})
+    assert set(errors) == {"validation.rules.0.type"} and "number" in errors["validation.rules.0.type"][0]
+
+
 @pytest.mark.parametrize("schema, words", [
     ({"type": 12}, "Not a valid JSON Schema"),
     ({"properties": {"sku": {"pattern": "(?<=a)b"}}}, "lookahead"),

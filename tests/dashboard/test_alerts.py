@@ -145,6 +145,8 @@ def test_monitors_and_channels_api_validates_each_field_and_hides_secrets(client
         assert response.status_code == 422, body
         assert field in response.json()["errors"], (body, response.json())
     assert "refused address" in post(client, f"{base}/channels", bad_channels[3][0], auth).json()["errors"]["url"][0]
+    loopback = post(client, f"{base}/channels", bad_channels[4][0], auth).json()["errors"]["url"][0]
+    assert "not opened by CRAWLSITE_ALLOWED_NETWORKS" in loopback  # says how to open it
     assert Channel.objects.count() == 0
 
     made = post(client, f"{base}/channels", {"kind": "webhook", "url": receiver.url, "secret": SECRET}, auth)

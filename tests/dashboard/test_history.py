@@ -9,7 +9,7 @@ from django.test import Client
 from crawler import keys, pipelines, scripts, state
 from dashboard import engine, history, ingest, live
 from dashboard.conductor import Conductor
-from dashboard.models import ApiToken, Crawl, CrawlHistory, Item
+from dashboard.models import ApiToken, Crawl, CrawlHistory, Item, Project
 from tests.dashboard.factories import project_for
 
 pytestmark = pytest.mark.django_db
@@ -281,3 +281,32 @@ def test_bad_validation_input_gets_field_errors_and_nothing_is_saved(owner):
     assert project.definition["unique_key"] == ["sku"]
     assert project.definition["validation"]["rules"] == [{"field": "sku", "max_length": 12}]
     assert Item.objects.count() == 0
+
+
+def test_the_project_page_says_what_a_definition_leaves_to_defaults(owner):
+    """The definition card names empty limits, start URLs and domains instead of leaving them blank
+    (a deployed spider's project has none of them)."""
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/projects/{shop(owner).code}/").content.decode()
+    assert "<dd class=\"small\" data-limits>none</dd>" in page
+    limited = shop(owner, "Limited", limits={"max_pages": 10, "max_items": 0})
+    assert "pages 10 </dd>" in client.get(f"/projects/{limited.code}/").content.decode()
+    deployed = Project.for_deployed_spider(owner, "shopbot", "shop")
+    deployed.definition["spider"]["args"] = {"category": "books"}
+    deployed.save()
+    page = client.get(f"/projects/{deployed.code}/").content.decode()
+    assert page.count("the spider's own") == 2 and "category=books" in page
+
+
+def test_a_run_cancelled_while_paused_keeps_its_field_coverage_and_its_monitor_sees_it(owner):
+    """Cancel deletes the Redis state: the coverage counted there is kept with the other counters,
+    so a coverage monitor is not failed by a 0 % that no item had."""
+    project = shop(owner)
+    project.monitors.create(kind="field_coverage", field="price", threshold=90)
+    crawl = crawl_of(project, status=Crawl.PAUSED)
+    push(crawl, {"sku": "1", "price": "1"}, {"sku": "2", "price": "2"})
+    engine.control(crawl, "cancel")
+    crawl.refresh_from_db()
+    assert crawl.stats["coverage"] == {"price": 100.0, "sku": 100.0, "url": 100.0}
+    assert [(c["kind"], c["passed"], c["value"]) for c in crawl.checks] == [("field_coverage", True, 100.0)]

@@ -55,6 +55,13 @@ def test_bad_fields_are_shown_next_to_the_field_and_nothing_is_saved(owner_clien
     assert not Schedule.objects.exists()
 
 
+def test_one_submit_names_every_bad_field(owner_client, project):
+    bad = {**FORM, "cron": "0 0 30 2 *", "timezone": "Moon/Base", "workers": "2.5", "overlap": "replace"}
+    errors = owner_client.post(f"/projects/{project.code}/schedules/new/", bad).context["form"].errors
+    assert set(errors) == {"cron", "timezone", "workers", "overlap"}
+    assert not Schedule.objects.exists()
+
+
 def test_detail_shows_five_next_runs_and_every_fire_with_its_crawl(owner_client, project):
     schedule = schedules.create(project, schedules.validate({"cron": "@hourly", "timezone": "Asia/Kolkata"}))
     crawl = Crawl.objects.create(project=project, definition=project.definition, schedule=schedule,

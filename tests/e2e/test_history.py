@@ -58,3 +58,25 @@ def test_ended_runs_chart_from_the_database_and_compare(logged_in_page, live_asg
     expect(page.locator('[data-keys="appeared"] li')).to_contain_text("sku=c")
     expect(page.locator('[data-keys="disappeared"] li')).to_contain_text("sku=b")
     page.screenshot(path=str(artifacts / "compare.png"), full_page=True)
+
+
+def test_one_run_charts_over_hours_not_years(logged_in_page, live_asgi, owner):
+    """A single run has no time span: the runs chart pads its time axis by an hour each side
+    (uPlot alone stretched it over years)."""
+    project = project_for(owner, "Once", item={"fields": FIELDS})
+    Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
+    logged_in_page.goto(f"{live_asgi.url}/projects/{project.code}/")
+    chart = logged_in_page.locator('[data-chart="runs"]')
+    expect(chart).to_have_attribute("data-points", "1")
+    assert int(chart.get_attribute("data-span")) == 7200
+
+
+def test_the_overview_shows_no_alert_badge_for_a_crawl_that_is_fine(logged_in_page, live_asgi, owner):
+    """Elements marked ``hidden`` stay hidden even when their class sets a display (the overview's
+    empty 'stalled/overdue' badge showed as an orange pill on every row)."""
+    project = project_for(owner, "Fine", item={"fields": FIELDS})
+    crawl = Crawl.objects.create(project=project, definition=project.definition, status=Crawl.FINISHED)
+    logged_in_page.goto(f"{live_asgi.url}/")
+    row = logged_in_page.locator(f'tr[data-crawl="{crawl.code}"]')
+    expect(row.locator('[data-field="status"]')).to_be_visible()
+    expect(row.locator('[data-field="alert"]')).to_be_hidden()
