@@ -9,11 +9,11 @@ import time
 import pytest
 from redis.exceptions import ConnectionError
 
-from crawler import keys, scripts
+from crawler import keys, politeness, scripts
 
 
 def _release(code, ids):
-    return scripts.RELEASE.call([keys.leases(code, "w1"), keys.stats(code)], ids)
+    return scripts.RELEASE.call([keys.leases(code, "w1"), keys.stats(code), *politeness.release_keys(code)], ids)
 
 
 def _lease(r, code, n):
