@@ -474,8 +474,19 @@ def large_crawl(owner):
     return crawl
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "xlsx"])
-def test_large_export_streams_in_constant_memory(owner_client, large_crawl, fmt):
+def test_large_export_streams_in_constant_memory(owner_client, large_crawl):
+    # One crawl of LARGE items (its setup is the slow part) serves every format.
+    for fmt in ("jsonl", "csv", "xlsx"):
+        streams_in_constant_memory(owner_client, large_crawl, fmt)
+
+
+def streams_in_constant_memory(owner_client, large_crawl, fmt):
+    if fmt != "xlsx":
+        # Warm up: the first export of a process imports and caches what it needs once (codecs,
+        # the exporter, query compilation); that is not what this test measures.
+        warm = owner_client.get(reverse("dashboard:crawl-export", args=[large_crawl.code]) + f"?format={fmt}")
+        next(iter(warm.streaming_content))
+        warm.close()
     tracemalloc.start()
     try:
         baseline = tracemalloc.get_traced_memory()[0]
