@@ -190,10 +190,7 @@ REDIS_URL = _redis_url()
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # A viewer waits on a 5 s blocking pop (BZPOPMIN): redis-py 8's default 5 s socket timeout
-        # would cut it and close every idle websocket. Reads get a longer bound; connects keep 5 s.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
-                   "prefix": "cs:asgi"},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cs:asgi"},
     }
 }
 # Jobs are JSON, never pickle: anyone able to write to Redis must not run code on a worker.
